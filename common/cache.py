@@ -1,0 +1,48 @@
+"""Compact on-disk cache of a converted dataset: one uncompressed .npz per source.
+
+Converting the Hub's nested lists to arrays takes minutes; reading the .npz back takes seconds.
+A cache that cannot be read or fails its checks (truncated file, missing arrays, inconsistent
+lengths, an older format) is reported, deleted and rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from common.io import savez
+
+Arrays = dict[str, np.ndarray]
+
+
+def load_or_build(path: Path, build: Callable[[], Arrays], validate: Callable[[Arrays], None],
+                  version: int) -> Arrays:
+    """Return the arrays cached at `path`, building and caching them first if needed.
+
+    `validate(arrays)` raises (any exception) when the arrays are inconsistent. `version` is
+    stored in the file; bumping it invalidates caches written by older code.
+    """
+    if path.exists():
+        try:
+            arrays = _read(path)
+            if int(arrays.pop("cache_version")) != version:
+                raise ValueError("written by another version of the code")
+            validate(arrays)
+            return arrays
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, AssertionError) as e:
+            print(f"notice: cache {path} is unusable ({type(e).__name__}: {e}); rebuilding it",
+                  file=sys.stderr)
+            path.unlink()
+    arrays = build()
+    validate(arrays)
+    savez(path, cache_version=np.array(version), **arrays)
+    return arrays
+
+
+def _read(path: Path) -> Arrays:
+    """Read every array now (np.load is lazy), so a damaged member fails here, not mid-training."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

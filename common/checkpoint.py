@@ -1,0 +1,50 @@
+"""Checkpoints as plain dicts, written atomically, readable without the training script.
+
+Layout of a checkpoint (all keys always present):
+    model        state_dict of the raw model (not the EMA copy, not a compiled wrapper)
+    ema          state_dict of the EMA weights, or None
+    optimizer    optimizer state_dict
+    scaler       GradScaler state_dict
+    model_args   kwargs that rebuild the model: build_model(**model_args)
+    epoch        number of finished epochs
+    best_metric  best validation metric so far
+    config       the resolved command-line arguments (a dict)
+    rng          state of the training generator (batch order, augmentation)
+    history      list of per-epoch metric dicts
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.io import torch_save
+
+KEYS = ("model", "ema", "optimizer", "scaler", "model_args", "epoch", "best_metric", "config",
+        "rng", "history")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or lacks required keys."""
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> Path:
+    missing = set(KEYS) - set(state)
+    if missing:
+        raise ValueError(f"checkpoint state lacks {sorted(missing)}")
+    return torch_save(path, state)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train first (or drop --resume)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which one
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    missing = set(KEYS) - set(state)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
+    return state

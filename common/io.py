@@ -1,0 +1,93 @@
+"""Atomic file writes and the small result formats (JSON, CSV) every pipeline produces.
+
+A file is written to a temporary sibling and renamed over the target, so a run killed mid-write
+leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` and then rename the temporary file onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def _to_builtin(obj: Any) -> Any:
+    """JSON fallback for numpy scalars/arrays, tensors and paths."""
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, default=_to_builtin, allow_nan=True)
+    return write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write `rows` (dicts sharing keys; later rows may add keys) as one CSV file."""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_bytes(path, buf.getvalue().encode())
+
+
+def read_csv(path: str | Path) -> list[dict[str, float | str]]:
+    """Read a CSV written by `write_csv`; numeric cells come back as floats."""
+    def parse(v: str) -> float | str:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def torch_save(path: str | Path, obj: Any) -> Path:
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def savez(path: str | Path, **arrays: np.ndarray) -> Path:
+    """np.savez (uncompressed: the arrays are already compact) written atomically."""
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+    return atomic_write(path, write)

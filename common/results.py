@@ -1,0 +1,56 @@
+"""Where results land and the provenance recorded with them."""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from common.datasource import PROJECT_ROOT, DataSource
+
+RESULTS_ROOT = PROJECT_ROOT / "results"
+
+
+def results_dir(question: str, source: DataSource, root: Path | None = None) -> Path:
+    """results/<question>/<source tag>/, created if needed."""
+    path = Path(root or RESULTS_ROOT) / question / source.tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str:
+    """Commit of the code that produced a result, with '+dirty' for uncommitted changes."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=PROJECT_ROOT, capture_output=True,  # noqa: E731
+                                        text=True, timeout=10)
+        sha = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(source: DataSource, device: torch.device, seed: int) -> dict:
+    """The fields every metrics.json carries."""
+    return {
+        "data_source": source.tag,
+        "data_label": source.label,
+        "data_path": str(source.path) if source.path else None,
+        "git_commit": git_commit(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "seed": seed,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,66 @@
+"""Device, numeric precision and seeding: the few decisions every training script makes first."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """Return the torch device to run on.
+
+    `requested` is "auto" (CUDA if available, else CPU), "cuda", "cuda:N" or "cpu". Asking for CUDA on
+    a machine without it prints one notice and falls back to the CPU rather than failing.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if requested == "auto" else requested)
+    print("notice: no CUDA device found, running on the CPU (slow, but it works)", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype for `device`: bf16 where the GPU supports it, else fp16; None on CPU.
+
+    On CPU we stay in fp32: bf16 autocast is slower than fp32 on CPUs without bf16 units.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    """Context manager running the forward pass in `autocast_dtype(device)` (a no-op on CPU)."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaler: active only for fp16, where small gradients would underflow; bf16 and fp32 need none."""
+    return torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a dedicated torch generator for batch order and augmentation.
+
+    Training draws all of its randomness from the returned generator, whose state goes into the
+    checkpoint, so a resumed run continues the same random stream as an uninterrupted one.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return torch.Generator().manual_seed(seed)
+
+
+def configure_threads() -> None:
+    """Use every core the process may run on (torch sometimes picks fewer inside containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(n)
