@@ -24,18 +24,25 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for `device`: bf16 where the GPU supports it, else fp16; None on CPU.
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 / AMX), where bf16 autocast pays off."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent on old torch
+    return bool(probe and probe())
 
-    On CPU we stay in fp32: bf16 autocast is slower than fp32 on CPUs without bf16 units.
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype for `device`, or None for plain fp32.
+
+    CUDA: bf16 where supported (no loss scaling needed), else fp16. CPU: bf16 only with native
+    bf16 units (2-3x faster convolutions there); elsewhere emulated bf16 is slower than fp32.
     """
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def autocast(device: torch.device):
-    """Context manager running the forward pass in `autocast_dtype(device)` (a no-op on CPU)."""
+    """Context manager running the forward pass in `autocast_dtype(device)` (no-op for fp32)."""
     dtype = autocast_dtype(device)
     if dtype is None:
         return contextlib.nullcontext()

@@ -168,3 +168,21 @@ def normalise(split: MRISplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         divisor = np.array([scales[p] for p in split.patient_id], np.float32)[:, None, None, None]
         out.append(np.clip(images.astype(np.float32) / divisor, 0.0, 1.0))
     return out[0], out[1], split.brain_mask
+
+
+def to_device(split: MRISplit, device, max_slices: int | None = None, gen=None) -> dict:
+    """Normalised split as device tensors (float16 images, as stored; cast per batch).
+
+    Returns t1, t2 (N, 1, 64, 64) float16, mask (N, 1, 64, 64) bool, view (N,) int64 and
+    index (N,) int64 rows of the split. `max_slices` keeps a random subset (drawn with `gen`).
+    """
+    import torch
+
+    t1, t2, mask = normalise(split)
+    index = np.arange(len(split))
+    if max_slices is not None and max_slices < len(split):
+        index = np.sort(torch.randperm(len(split), generator=gen)[:max_slices].numpy())
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a[index])).to(device, dtype)  # noqa: E731
+    return {"t1": as_tensor(t1, torch.float16), "t2": as_tensor(t2, torch.float16),
+            "mask": as_tensor(mask, torch.bool), "view": as_tensor(split.view_index, torch.int64),
+            "index": torch.from_numpy(index)}

@@ -1,12 +1,12 @@
-"""Synthetic skull-stripped T1/T2 brain slices with the schema of `dpelacani/mri-t1-t2-2D-sliced-64`.
+"""Synthetic T1/T2 brain slices in the schema of the hub set `dpelacani/mri-t1-t2-2D-sliced-64`.
 
-Each patient is a 64^3 head phantom: a randomly deformed ellipsoidal brain with white matter,
-a folded cortical ribbon and deep grey nuclei, CSF (outer layer, sulci, midline fissure and
-lateral ventricles) and, in about 40 % of patients, a tumour (solid rim around a necrotic core)
-inside a larger vasogenic oedema. Intensities follow the spin-echo signal equation with 1.5 T
-relaxation times, then get partial-volume blur, a smooth bias field, Rician noise and a
-per-patient gain (validation ~2x brighter, as in the hub data). This lets the T1->T2 pipeline,
-its plots and metrics run offline with realistic contrast, while staying small and deterministic.
+Each patient is a skull-stripped 64^3 head phantom: a randomly deformed ellipsoidal brain with
+white matter, a folded cortical ribbon and deep grey nuclei, CSF (outer layer, sulci, midline
+fissure, lateral ventricles) and, in about 40 % of patients, a tumour (solid rim around a
+necrotic core) inside a larger vasogenic oedema. Intensities follow the spin-echo signal
+equation with 1.5 T relaxation times, then get partial-volume blur, a smooth bias field, Rician
+noise and a per-patient gain (validation ~2x brighter, as in the hub data). This lets the
+T1->T2 pipeline, its plots and metrics run offline on realistic contrast, small and deterministic.
 """
 from __future__ import annotations
 
@@ -16,24 +16,25 @@ from scipy.spatial.transform import Rotation
 
 VIEWS = ("axial", "coronal", "sagittal")  # slicing along array axes 0 (S-I), 1 (A-P), 2 (L-R)
 TISSUES = ("background", "wm", "gm", "csf", "oedema", "tumour", "necrosis")  # label = index
-# Per-tissue T1 [ms], T2 [ms] and proton density (relative) at ~1.5 T.
+# Per-tissue T1 [ms], T2 [ms] and relative proton density at ~1.5 T (background: PD 0, no signal).
 T1_MS = np.array([1.0, 600.0, 950.0, 4000.0, 1600.0, 1200.0, 2500.0])
 T2_MS = np.array([1.0, 80.0, 100.0, 2000.0, 250.0, 140.0, 500.0])
 PD = np.array([0.0, 0.70, 0.80, 1.00, 0.90, 0.85, 0.95])
 SEQUENCES = {"t1": (500.0, 15.0), "t2": (4000.0, 100.0)}  # (TR, TE) in ms
 GRID = 64  # voxels per axis; every slice is GRID x GRID
 BASE_GAIN = 3000.0  # scanner gain of the training split; validation uses twice this
-TUMOUR_FRACTION = 0.4
+TUMOUR_FRACTION = 0.4  # share of patients with a tumour
 MIN_BRAIN_FRACTION = 0.05  # slices with fewer brain pixels are never sampled
 
 
 def _smooth_field(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
     """`n` smooth random fields, shape (n, GRID, GRID, GRID), unit standard deviation each.
 
-    White noise blurred with a Gaussian of `sigma` voxels, which sets the wavelength.
+    White noise blurred by a Gaussian of `sigma` voxels (cut at 2 sigma for speed); sigma sets
+    the wavelength.
     """
     noise = rng.standard_normal((n, GRID, GRID, GRID), dtype=np.float32)
-    field = ndimage.gaussian_filter(noise, (0, sigma, sigma, sigma))
+    field = ndimage.gaussian_filter(noise, (0, sigma, sigma, sigma), truncate=2.0)
     return field / field.std(axis=(1, 2, 3), keepdims=True)
 
 
@@ -55,7 +56,7 @@ def _patient_coords(rng: np.random.Generator) -> np.ndarray:
 def _tumour_distance(rng: np.random.Generator, coords: np.ndarray) -> np.ndarray:
     """Irregular normalised distance to a random tumour centre (1 = core edge), (GRID,)*3."""
     direction = rng.normal(size=3)
-    centre = direction / np.linalg.norm(direction) * rng.uniform(0.15, 0.5) * [0.6, 0.8, 0.6]
+    centre = direction / np.linalg.norm(direction) * rng.uniform(0.15, 0.7) * [0.6, 0.85, 0.7]
     dist = np.sqrt(((coords - centre[:, None, None, None].astype(np.float32)) ** 2).sum(0))
     return dist / rng.uniform(0.09, 0.17) + 0.25 * _smooth_field(rng, 1, 3.0)[0]
 
@@ -66,20 +67,23 @@ def _labels(rng: np.random.Generator, has_tumour: bool) -> np.ndarray:
     r = np.sqrt((x / 0.74) ** 2 + (y / 0.9) ** 2 + (z / np.where(z > 0, 0.72, 0.58)) ** 2)
     folds = _smooth_field(rng, 1, 2.5)[0]
     ventricle_size = rng.uniform(0.8, 1.4)
-    labels = np.where(r < 1.0, 1, 0).astype(np.uint8)
-    labels[(r + 0.1 * folds > 0.7) & (r < 1.0)] = 2
-    outer_csf = rng.uniform(0.93, 0.96)
+    brain = r < 1.0
+    labels = brain.astype(np.uint8)  # white matter
+    labels[brain & (r + 0.1 * folds > 0.7)] = 2  # folded cortical ribbon
     fissure = (np.abs(x) < 0.03) & ((y / 0.5) ** 2 + ((z - 0.05) / 0.3) ** 2 > 1.0)
-    labels[((r > outer_csf) | ((r > 0.8) & (folds > 1.0)) | fissure) & (r < 1.0)] = 3
-    deep_gm = ((np.abs(x) - 0.25) / 0.1) ** 2 + ((y + 0.02) / 0.2) ** 2 + ((z + 0.02) / 0.13) ** 2
+    sulci = (r > 0.8) & (folds > 1.0)
+    labels[brain & ((r > rng.uniform(0.93, 0.96)) | sulci | fissure)] = 3
+    side = np.abs(x)  # deep structures are mirrored in both hemispheres
+    deep_gm = ((side - 0.25) / 0.1) ** 2 + ((y + 0.02) / 0.2) ** 2 + ((z + 0.02) / 0.13) ** 2
     labels[deep_gm < 1.0] = 2
-    ventricle = ((np.abs(x) - 0.11) / 0.08) ** 2 + (y / 0.36) ** 2 + ((z - 0.1 + 0.6 * y**2) / 0.12) ** 2
+    arc = z - 0.1 + 0.6 * y**2  # lateral ventricles bend down at the front and back
+    ventricle = ((side - 0.11) / 0.08) ** 2 + (y / 0.36) ** 2 + (arc / 0.12) ** 2
     labels[ventricle < ventricle_size**2] = 3
     if has_tumour:
         dist = _tumour_distance(rng, coords)
-        labels[(dist < rng.uniform(1.8, 2.6)) & (labels == 1)] = 4
-        labels[(dist < 1.0) & (r < 1.0)] = 5
-        labels[(dist < rng.uniform(0.3, 0.6)) & (r < 1.0)] = 6
+        labels[(dist < rng.uniform(1.8, 2.6)) & (labels == 1)] = 4  # oedema spreads in WM
+        labels[brain & (dist < 1.0)] = 5
+        labels[brain & (dist < rng.uniform(0.3, 0.6))] = 6
     return labels
 
 
@@ -103,7 +107,7 @@ def _acquire(rng: np.random.Generator, labels: np.ndarray, gain: float) -> dict[
         signal = ndimage.gaussian_filter(signal, 0.6) / np.maximum(mask_weight, 1e-6)
         bias = _smooth_field(rng, 1, 10.0)[0]
         bias = 1.0 + 0.15 * bias / np.abs(bias).max()
-        signal *= bias * gain * rng.uniform(0.9, 1.1)
+        signal *= bias * gain * rng.uniform(0.9, 1.1)  # per-patient, per-contrast gain
         sigma = rng.uniform(0.01, 0.03) * np.median(signal[mask])
         noise = rng.standard_normal((2, *labels.shape), dtype=np.float32) * sigma
         volumes[name] = np.where(mask, np.hypot(signal + noise[0], noise[1]), 0).astype(np.float32)
@@ -122,7 +126,7 @@ def _patient_slices(
 ) -> dict[str, np.ndarray]:
     """All slices of one patient: view (M,) str and t1, t2, labels (M, 1, GRID, GRID)."""
     labels = _labels(rng, has_tumour)
-    volumes = {"labels": labels, **_acquire(rng, labels, gain)}
+    volumes = {**_acquire(rng, labels, gain), "labels": labels}
     columns: dict[str, list[np.ndarray]] = {"view": [], **{k: [] for k in volumes}}
     for axis, view in enumerate(VIEWS):
         idx = _slice_indices(labels > 0, axis, slices_per_view)

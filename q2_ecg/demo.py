@@ -23,7 +23,8 @@ UNK_RATE = 0.0012  # chance that a normal beat is distorted and labelled unknown
 def _patient(rng: np.random.Generator) -> dict:
     """Draw one patient: normal and ventricular wave templates (5, 3), rows P, Q, R, S, T of
     (offset_s, amplitude, width_s) relative to an R amplitude of 1 at RR = 1 s, plus rhythm,
-    heart-rate variability and gain_mv (the R amplitude in mV)."""
+    heart-rate variability and gain_mv (the R amplitude in mV).
+    """
     u = rng.uniform
     normal = np.array([
         [-u(0.16, 0.22), u(0.08, 0.20), u(0.018, 0.030)],
@@ -65,16 +66,22 @@ def _cohort_rates(rng: np.random.Generator, n_records: int) -> np.ndarray:
 
 def _sinus_rr(rng: np.random.Generator, patient: dict, t_s: float) -> float:
     """Sinus RR interval (s) following a beat at t_s: the mean RR modulated by respiratory sinus
-    arrhythmia and a slow LF wave, plus Gaussian jitter."""
+    arrhythmia and a slow LF wave, plus Gaussian jitter.
+    """
     amp, freq_hz, phase = patient["hrv"].T
     modulation = np.sum(amp * np.sin(2 * np.pi * freq_hz * t_s + phase))
     return patient["rr_s"] * (1 + modulation) + patient["jitter_s"] * rng.standard_normal()
 
 
-def _rhythm(rng: np.random.Generator, patient: dict, rates: np.ndarray, duration_s: float):
-    """Beat times_s (m,) and labels (m,) in {0, 1, 2}. An SVEB comes at 60-80 % of the RR and
-    resets the sinus node; a VEB comes at 55-75 % and is followed by a full compensatory pause."""
-    times, labels = [EDGE_S + rng.uniform(0, patient["rr_s"])], [0]
+def _rhythm(rng: np.random.Generator, patient: dict, rates: np.ndarray,
+            duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beat times_s (m,) and int64 labels (m,) in {0, 1, 2}, given per-cycle (SVEB, VEB) rates (2,).
+
+    An SVEB comes at 60-80 % of the sinus RR and resets the sinus node; a VEB comes at 55-75 % and
+    is followed by a full compensatory pause. Bigeminy runs alternate normal beats and VEBs.
+    """
+    margin_s = EDGE_S + 1 / SAMPLING_RATE  # so that beats stay EDGE_S inside after rounding
+    times, labels = [margin_s + rng.uniform(0, patient["rr_s"])], [0]
     bigeminy_left = 0
     while True:
         t, rr, draw = times[-1], _sinus_rr(rng, patient, times[-1]), rng.random()
@@ -88,7 +95,7 @@ def _rhythm(rng: np.random.Generator, patient: dict, rates: np.ndarray, duration
         else:
             new = [(t + rr, 0)]
         for time_s, label in new:
-            if time_s > duration_s - EDGE_S:
+            if time_s > duration_s - margin_s:
                 return np.array(times), np.array(labels, dtype=np.int64)
             times.append(time_s)
             labels.append(label)
@@ -97,7 +104,8 @@ def _rhythm(rng: np.random.Generator, patient: dict, rates: np.ndarray, duration
 def _beat_waves(rng: np.random.Generator, patient: dict, labels: np.ndarray,
                 rr_prev_s: np.ndarray) -> np.ndarray:
     """Per-beat waves (m, 5, 3) of (offset_s, amplitude, width_s) for labels (m,) and preceding
-    RR intervals rr_prev_s (m,). T offset and width scale with sqrt(RR) (Bazett)."""
+    RR intervals rr_prev_s (m,). T offset and width scale with sqrt(RR) (Bazett).
+    """
     m = len(labels)
     waves = np.repeat(patient["normal"][None], m, axis=0)
     sveb, veb, unk = labels == 1, labels == 2, labels == 3
@@ -112,7 +120,8 @@ def _beat_waves(rng: np.random.Generator, patient: dict, labels: np.ndarray,
 
 def _render(locs: np.ndarray, waves: np.ndarray, n: int) -> np.ndarray:
     """Clean trace (n,), relative units: each beat's Gaussians (waves (m, 5, 3)) summed around its
-    R-peak sample in locs (m,)."""
+    R-peak sample in locs (m,).
+    """
     k = np.arange(round(WINDOW_S[0] * SAMPLING_RATE), round(WINDOW_S[1] * SAMPLING_RATE) + 1)
     offset_s, amp, width_s = (a[:, :, None] for a in np.moveaxis(waves, -1, 0))
     values = (amp * np.exp(-0.5 * ((k / SAMPLING_RATE - offset_s) / width_s) ** 2)).sum(axis=1)
@@ -123,7 +132,8 @@ def _render(locs: np.ndarray, waves: np.ndarray, n: int) -> np.ndarray:
 
 def _noise(rng: np.random.Generator, n: int, unk_locs: np.ndarray) -> np.ndarray:
     """Noise (n,) in mV: baseline wander below 0.5 Hz, white noise, motion artefacts in about a
-    third of the records, and a heavy noise burst around each unknown beat (unk_locs, samples)."""
+    third of the records, and a heavy noise burst around each unknown beat (unk_locs, samples).
+    """
     t_s = np.arange(n) / SAMPLING_RATE
     amp, freq_hz, phase = rng.uniform([[0.03], [0.05], [0]], [[0.1], [0.45], [2 * np.pi]], (3, 3))
     noise = (amp[:, None] * np.sin(2 * np.pi * freq_hz[:, None] * t_s + phase[:, None])).sum(0)
@@ -162,6 +172,8 @@ def make_demo_ecg(n_records: int = 24, minutes: float = 5.0, seed: int = 0) -> l
 
     Deterministic in (n_records, minutes, seed); each record draws from its own child generator.
     """
+    if minutes * 60 < 5:
+        raise ValueError(f"records must last at least 5 s, got minutes={minutes}")
     cohort_seq, *record_seqs = np.random.SeedSequence(seed).spawn(n_records + 1)
     rates = _cohort_rates(np.random.default_rng(cohort_seq), n_records)
     records = []

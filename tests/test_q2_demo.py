@@ -9,6 +9,7 @@ import pytest
 from q2_ecg.demo import SAMPLING_RATE, SOURCE_DBS, make_demo_ecg
 
 FS = SAMPLING_RATE
+CONTEXT = int(0.3 * FS)  # samples either side of a beat used to estimate its baseline
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def _rr_around(record):
 
 def _centred(signal, loc, half):
     """signal[loc - half : loc + half + 1] minus the median of the surrounding 0.6 s."""
-    context = signal[max(loc - 38, 0):loc + 39]
+    context = signal[max(loc - CONTEXT, 0):loc + CONTEXT + 1]
     return signal[loc - half:loc + half + 1] - np.median(context)
 
 
@@ -54,6 +55,11 @@ def test_deterministic_in_seed():
         for key in ("signal", "beat_locs", "beat_labels"):
             np.testing.assert_array_equal(ra[key], rb[key])
         assert not np.array_equal(ra["signal"], rc["signal"])
+
+
+def test_rejects_records_too_short_for_beats():
+    with pytest.raises(ValueError):
+        make_demo_ecg(2, minutes=0.05)
 
 
 def test_beat_locs_increasing_and_away_from_edges(records):
