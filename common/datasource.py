@@ -37,8 +37,14 @@ class DataSource:
             return "Hugging Face Hub"
         return f"local folder {self.path.name}/"
 
-    def fingerprint(self) -> str:
-        """Short hash that changes when the folder's files change (names, sizes, mtimes)."""
+    def fingerprint(self, generator: str | Path | None = None) -> str:
+        """Short hash that changes when the data can change.
+
+        Folder: its files' names, sizes and mtimes. Demo: the source of its `generator` module,
+        so editing the generator invalidates cached demo data. Hub: constant.
+        """
+        if self.kind == "demo" and generator is not None:
+            return hashlib.sha1(Path(generator).read_bytes()).hexdigest()[:12]
         if self.kind != "folder":
             return self.kind
         h = hashlib.sha1()

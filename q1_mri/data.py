@@ -127,7 +127,9 @@ def _validate(arrays: dict[str, np.ndarray]) -> None:
 
 
 def cache_path(source: DataSource) -> Path:
-    return cache_dir() / f"q1-{source.tag}-{source.fingerprint()}.npz"
+    from q1_mri import demo
+
+    return cache_dir() / f"q1-{source.tag}-{source.fingerprint(demo.__file__)}.npz"
 
 
 def resolve_source(spec: str) -> DataSource:

@@ -67,7 +67,7 @@ def load_model(path, device) -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from its checkpoint alone and load the EMA weights."""
     ck = load_checkpoint(path, device)
     model = build_model(**ck["model_args"]).to(device)
-    model.load_state_dict(ck["ema"])
+    model.load_state_dict(ck["ema"]["shadow"])
     return model, ck
 
 
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     p.add_argument("--trained-on", default=None,
                    help="source the models were trained on (default: --data); when it differs, "
                         "every slice of --data is a test slice")
-    p.add_argument("--models", nargs="+", default=sorted(MODELS), help="trained models to score")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="trained models to score")
     p.add_argument("--save-predictions", default=None, metavar="FILE.npz",
                    help="write the best model's predicted T2 for every test slice")
     return p.parse_args(argv)

@@ -71,7 +71,9 @@ class TransformerBottleneck(nn.Module):
 class UNet(nn.Module):
     """T1 -> T2 translator. (N, 1, H, W) normalised T1 -> (N, 1, H, W) normalised T2.
 
-    H and W must be divisible by 2**(levels - 1).
+    H and W must be divisible by 2**(levels - 1). The images are skull-stripped, so the output
+    is set to exactly 0 where T1 is 0: a small offset on the empty background would otherwise
+    dominate SSIM there (its stabilising constants are tiny) and waste the model's capacity.
     """
 
     def __init__(self, cfg: UNetConfig):
@@ -101,7 +103,7 @@ class UNet(nn.Module):
         for i in reversed(range(self.cfg.levels - 1)):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([self.up_conv[i](x), skips.pop()], dim=1))
-        return self.head(x)
+        return self.head(x) * (t1 > 0)
 
 
 class PatchDiscriminator(nn.Module):

@@ -40,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=sorted(MODELS), default="unet")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.998)
