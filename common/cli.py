@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from common.checkpoint import CheckpointError
 from common.datasource import DataSourceError

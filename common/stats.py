@@ -6,7 +6,7 @@ this number move with another set of patients like these?".
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -13,8 +13,14 @@ import numpy as np
 
 from common import cache
 from common.cli import DataError
-from common.datasource import (DataSource, DataSourceError, cache_dir, hub_reachable,
-                               hub_unavailable_message, resolve)
+from common.datasource import (
+    DataSource,
+    DataSourceError,
+    cache_dir,
+    hub_reachable,
+    hub_unavailable_message,
+    resolve,
+)
 
 REPO_ID = "dpelacani/mri-t1-t2-2D-sliced-64"
 SPLITS = ("train", "validation")
@@ -95,9 +101,13 @@ def _load_datasets(source: DataSource):
         return datasets.load_dataset(REPO_ID)
     if (source.path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(source.path))
-    if not any(source.path.glob("*.parquet")):
+    if not any(source.path.rglob("*.parquet")):
         raise DataSourceError(f"{source.path}: no parquet files or save_to_disk folder found")
-    return datasets.load_dataset("parquet", data_dir=str(source.path))
+    try:
+        return datasets.load_dataset("parquet", data_dir=str(source.path))
+    except datasets.exceptions.DatasetGenerationError as e:  # e.g. files with different columns
+        raise DataError(f"cannot read the parquet files in {source.path}: "
+                        f"{str(e.__cause__ or e).splitlines()[0]}") from e
 
 
 def _build(source: DataSource) -> dict[str, np.ndarray]:

@@ -15,8 +15,17 @@ from common import cli
 from common.io import write_json
 from common.plotting import save_figure
 from common.results import results_dir
-from q1_mri.data import (NORMALISATION, PERCENTILE, SPLITS, VIEWS, MRISplit, load_mri,
-                         normalise, resolve_source, shared_patients)
+from q1_mri.data import (
+    NORMALISATION,
+    PERCENTILE,
+    SPLITS,
+    VIEWS,
+    MRISplit,
+    load_mri,
+    normalise,
+    resolve_source,
+    shared_patients,
+)
 
 N_PAIRS = 8
 

@@ -19,8 +19,16 @@ from common.io import read_csv, read_json, write_json
 from common.results import count_parameters, provenance, results_dir
 from common.runtime import autocast, configure_threads, select_device
 from common.stats import bootstrap_additive
-from q1_mri.data import (DATA_RANGE, NORMALISATION, SPLITS, VIEWS, MRISplit, load_mri,
-                         resolve_source, to_device)
+from q1_mri.data import (
+    DATA_RANGE,
+    NORMALISATION,
+    SPLITS,
+    VIEWS,
+    MRISplit,
+    load_mri,
+    resolve_source,
+    to_device,
+)
 from q1_mri.metrics import SSIM_WINDOW, all_metrics
 from q1_mri.model import MODELS, build_model
 

@@ -22,8 +22,14 @@ from common.ema import ModelEMA
 from common.io import write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
-from common.runtime import (autocast, autocast_dtype, configure_threads, grad_scaler,
-                            seed_everything, select_device)
+from common.runtime import (
+    autocast,
+    autocast_dtype,
+    configure_threads,
+    grad_scaler,
+    seed_everything,
+    select_device,
+)
 from common.schedule import warmup_cosine
 from q1_mri.data import load_mri, resolve_source, to_device
 from q1_mri.eval import evaluate

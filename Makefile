@@ -1,0 +1,61 @@
+# Medical deep-learning pipelines: Q1 MRI T1->T2 translation, Q2 ECG beat classification.
+# `make` lists the targets. Every pipeline target takes DATA=auto|hub|demo|<folder>.
+
+PYTHON   ?= .venv/bin/python
+DATA     ?= auto
+# torch requirement: PyPI's Linux wheel is the CUDA build. CI sets TORCH=torch==2.13.0+cpu.
+TORCH    ?= torch==2.13.0
+# extra flags for the training scripts, e.g. Q1_ARGS="--epochs 10"
+Q1_ARGS  ?=
+Q2_ARGS  ?=
+# RESUME=1 continues killed runs from their last checkpoint (finished runs are kept as they are)
+RESUME   ?=
+RESUME_FLAG := $(if $(RESUME),--resume,)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint q1 q2 demo demo-q1 demo-q2 bench notebooks clean
+
+## List the targets
+help:
+	@awk '/^## /{d=substr($$0,4); next} /^[a-z0-9-]+:/{if(d){split($$1,t,":"); printf "  make %-10s %s\n", t[1], d}; d=""}' $(MAKEFILE_LIST)
+	@echo "  variables: DATA=$(DATA) TORCH=$(TORCH) RESUME=$(RESUME) Q1_ARGS Q2_ARGS"
+
+## Create .venv and install the pinned requirements (torch from TORCH)
+setup: .venv/.installed
+
+.venv/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q "$(TORCH)"
+	.venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	.venv/bin/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+## Run the test suite (no network; real-data tests skip without ../shared/data)
+test: setup
+	$(PYTHON) -m pytest
+
+## Lint with ruff
+lint: setup
+	$(PYTHON) -m ruff check .
+
+## Q1: EDA (1.A), train the U-Net and the TransUNet, evaluate -> results/q1/<source>/
+q1: setup
+	$(PYTHON) -m q1_mri.eda --data $(DATA)
+	$(PYTHON) -m q1_mri.train --data $(DATA) --model unet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.eval --data $(DATA)
+
+## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
+demo: demo-q1
+
+demo-q1: setup
+	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 6 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
+
+## Throughput: device-resident training vs a per-item datasets + DataLoader path
+bench: setup
+	$(PYTHON) -m q1_mri.bench --data $(DATA)
+
+## Remove demo results and the data cache (real results and checkpoints are kept)
+clean:
+	rm -rf results/q1/demo results/q2/demo .cache .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
