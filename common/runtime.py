@@ -71,3 +71,19 @@ def configure_threads() -> None:
     """Use every core the process may run on (torch sometimes picks fewer inside containers)."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(n)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Everything random a training step may draw from: the training generator, the global
+    torch generator (dropout) and the CUDA generators. Goes into the checkpoint."""
+    state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(gen: torch.Generator, state: dict) -> None:
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -27,8 +27,10 @@ from common.runtime import (
     autocast_dtype,
     configure_threads,
     grad_scaler,
+    rng_state,
     seed_everything,
     select_device,
+    set_rng_state,
 )
 from common.schedule import warmup_cosine
 from q1_mri.data import load_mri, resolve_source, to_device
@@ -137,7 +139,7 @@ def setup(args) -> SimpleNamespace:
         if r.disc:
             r.disc.load_state_dict(ck["disc"])
             r.opt_d.load_state_dict(ck["disc_optimizer"])
-        r.gen.set_state(ck["rng"])
+        set_rng_state(r.gen, ck["rng"])
         r.start_epoch, r.history, r.best = ck["epoch"], ck["history"], ck["best_metric"]
     r.step_model = torch.compile(r.model) if args.compile else r.model
     dtype = autocast_dtype(r.device) if args.precision == "auto" else None
@@ -151,7 +153,7 @@ def save(r, args, epoch: int) -> None:
     save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
                     optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
                     model_args=r.model_args, epoch=epoch, best_metric=r.best, config=vars(args),
-                    rng=r.gen.get_state(), history=r.history, **extra)
+                    rng=rng_state(r.gen), history=r.history, **extra)
 
 
 def train(args) -> dict:

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from scipy.ndimage import median_filter
 
-from q2_ecg.data import (SAMPLING_RATE, UNKNOWN, ECGRecords, inside_signal, keep_by_length,
-                         segment_lengths)
+from q2_ecg.data import SAMPLING_RATE, UNKNOWN, ECGRecords, inside_signal, keep_by_length, segment_lengths
 
 HALF_WINDOW = 128                 # samples each side of the R peak (1 s at 128 Hz)
 WINDOW = 2 * HALF_WINDOW

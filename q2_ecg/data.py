@@ -15,8 +15,14 @@ import numpy as np
 
 from common import cache
 from common.cli import DataError
-from common.datasource import (DataSource, DataSourceError, cache_dir, hub_reachable,
-                               hub_unavailable_message, resolve)
+from common.datasource import (
+    DataSource,
+    DataSourceError,
+    cache_dir,
+    hub_reachable,
+    hub_unavailable_message,
+    resolve,
+)
 
 REPO_ID = "dpelacani/ecg-led2-cleaned"
 CLASS_MAPPING = {0: "NOR", 1: "SVEB", 2: "VEB", 3: "UNK"}

@@ -24,7 +24,7 @@ from common.runtime import configure_threads, select_device
 from common.stats import bootstrap_additive, patient_bootstrap
 from q2_ecg.beats import RR_NAMES, build_table, table_to_device
 from q2_ecg.data import load_records, resolve_source
-from q2_ecg.metrics import (confusion, ranking_metrics, summary_from_confusion, tune_logit_bias)
+from q2_ecg.metrics import confusion, ranking_metrics, summary_from_confusion, tune_logit_bias
 from q2_ecg.predict import predict
 from q2_ecg.train import make_split
 

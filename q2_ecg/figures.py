@@ -126,8 +126,9 @@ def write_all(folder: Path, ctx, models: dict, preds: dict, histories: dict, lab
     best = max(classifiers, key=lambda n: models[n]["test"]["abnormal_macro_f1"]["value"],
                default=None)
     if best:
-        from q2_ecg.beats import centred_windows
         import torch
+
+        from q2_ecg.beats import centred_windows
         signal = lambda i: centred_windows(ctx.dev, torch.tensor([i])).cpu().numpy()[0]  # noqa: E731
         save_figure(plot_examples(signal, preds[best]), folder / "examples.png",
                     f"Test beats classified by {best}: correct (green) and wrong (red)", label)

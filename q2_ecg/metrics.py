@@ -58,8 +58,11 @@ def ranking_metrics(y_true: np.ndarray, p_abnormal: np.ndarray) -> dict[str, flo
             "auprc": float(average_precision_score(abnormal, p_abnormal))}
 
 
-def tune_logit_bias(logits: np.ndarray, y_true: np.ndarray,
-                    grid: np.ndarray = np.linspace(-4, 4, 33)) -> np.ndarray:
+BIAS_GRID = np.linspace(-4, 4, 33)
+
+
+def tune_logit_bias(logits: np.ndarray, y_true: np.ndarray, grid: np.ndarray = BIAS_GRID
+                    ) -> np.ndarray:
     """Additive biases (0, b1, b2) for the SVEB and VEB logits maximising the mean of their F1.
 
     Fitted on validation beats only. Training re-weights classes, which shifts the decision

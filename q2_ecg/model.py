@@ -89,7 +89,7 @@ class BeatClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = BeatEncoder(cfg)
-        self.rr_norm = RRNorm(max(cfg.rr_features, 1))
+        self.rr_norm = RRNorm(cfg.rr_features)
         self.token = nn.Sequential(nn.Linear(cfg.embed + cfg.rr_features, cfg.embed), nn.GELU(),
                                    nn.Dropout(cfg.dropout))
         if cfg.context_layers:

@@ -24,8 +24,16 @@ from common.ema import ModelEMA
 from common.io import torch_save, write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
-from common.runtime import (autocast, autocast_dtype, configure_threads, grad_scaler,
-                            seed_everything, select_device)
+from common.runtime import (
+    autocast,
+    autocast_dtype,
+    configure_threads,
+    grad_scaler,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
 from common.schedule import warmup_cosine
 from q2_ecg.beats import build_table, table_to_device
 from q2_ecg.data import load_records, resolve_source
@@ -97,7 +105,8 @@ def setup(args) -> SimpleNamespace:
     r.autoencoder = r.model.cfg.autoencoder
     train = r.table.scored & (r.split == "train") & ((r.table.label == 0) | (not r.autoencoder))
     r.trainable = torch.from_numpy(train).to(r.device)           # beats that carry a loss
-    r.model.rr_norm.fit(r.dev["rr"][r.trainable])
+    if r.model.cfg.rr_features:
+        r.model.rr_norm.fit(r.dev["rr"][r.trainable])
     length = r.model.cfg.context
     first, last = record_bounds(r.table.record)
     starts = np.flatnonzero(train) if length == 1 else np.unique(np.maximum(
@@ -119,7 +128,7 @@ def setup(args) -> SimpleNamespace:
         r.ema.load_state_dict(ck["ema"])
         r.opt.load_state_dict(ck["optimizer"])
         r.scaler.load_state_dict(ck["scaler"])
-        r.gen.set_state(ck["rng"])
+        set_rng_state(r.gen, ck["rng"])
         r.start_epoch, r.history, r.best = ck["epoch"], ck["history"], ck["best_metric"]
     r.step_model = torch.compile(r.model) if args.compile else r.model
     dtype = autocast_dtype(r.device)
@@ -157,7 +166,7 @@ def save(r, args, epoch: int) -> None:
     save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
                     optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
                     model_args=r.model_args, epoch=epoch, best_metric=r.best, config=vars(args),
-                    rng=r.gen.get_state(), history=r.history)
+                    rng=rng_state(r.gen), history=r.history)
 
 
 def train(args) -> dict:

@@ -1,0 +1,111 @@
+"""Q2 data: the template's beat cutting, record checks, the parquet path, real-data counts."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from common.datasource import DataSource
+from q2_ecg.data import (
+    assemble,
+    beat_dataset,
+    check_record,
+    inside_signal,
+    keep_by_length,
+    load_records,
+    segment_lengths,
+    split_by_beat,
+)
+from tests.conftest import shared_data
+
+
+def template_split_by_beat(signal, beat_locs):
+    """The coursework template's helper, written out as plainly as it was given."""
+    beats, prev = [], 0
+    for loc in beat_locs:
+        beats.append(signal[prev:loc])
+        prev = loc
+    return beats
+
+
+def _record(name="r1", n=1000, locs=(100, 200, 300, 420), labels=(0, 1, 0, 2), **override):
+    row = {"patient_id": name, "source_db": "mitdb_npy", "sampling_rate": 128,
+           "signal": np.sin(np.arange(n) / 5).astype(np.float32),
+           "beat_locs": np.array(locs), "beat_labels": np.array(labels)}
+    return {**row, **override}
+
+
+def test_split_by_beat_has_the_template_semantics():
+    signal = np.arange(50.0)
+    locs = np.array([5, 12, 30, 49])
+    ours = split_by_beat(signal, locs)
+    assert [list(a) for a in ours] == [list(b) for b in template_split_by_beat(signal, locs)]
+    assert list(ours[1]) == list(range(5, 12))         # previous annotation .. this one, exclusive
+
+
+def test_length_filter_is_inclusive():
+    assert list(keep_by_length(np.array([31, 32, 100, 256, 257]))) == [False, True, True, True,
+                                                                         False]
+
+
+@pytest.mark.parametrize("override,reason", [
+    ({"signal": np.array([], np.float32)}, "empty"),
+    ({"beat_labels": np.array([0, 1, 0])}, "4 beat_locs but 3 beat_labels"),
+    ({"signal": np.r_[np.zeros(10), np.nan, np.zeros(989)].astype(np.float32)}, "1 NaN/Inf"),
+    ({"beat_locs": np.array([100, 90, 300, 420])}, "not increasing at beat 1"),
+    ({"beat_locs": np.array([-5, 200, 300, 420])}, "negative"),
+    ({"beat_labels": np.array([0, 1, 7, 2])}, r"label value\(s\) \[7\]"),
+    ({"sampling_rate": 360}, "sampling rate 360"),
+])
+def test_bad_records_are_skipped_with_a_reason(override, reason):
+    row = _record(**override)
+    assert check_record("r1", np.asarray(row["signal"]), row["beat_locs"], row["beat_labels"],
+                        row["sampling_rate"]) is not None
+    arrays = assemble([_record("good"), _record("bad", **override)])
+    assert list(arrays["patient_id"]) == ["good"]
+    assert arrays["skipped"][0].startswith("bad: ")
+    assert re.search(reason, arrays["skipped"][0])
+
+
+def test_annotation_past_the_end_is_kept_like_the_template():
+    arrays = assemble([_record(n=420, locs=(100, 200, 300, 420))])
+    from q2_ecg.data import ECGRecords
+    rec = ECGRecords(**arrays)
+    lengths = segment_lengths(rec)
+    signal, locs, _ = rec.record(0)
+    assert list(lengths) == [len(s) for s in template_split_by_beat(signal, locs)]
+    assert list(inside_signal(rec)) == [True, True, True, False]
+
+
+def _write_parquet(folder, rows):
+    import datasets
+    folder.mkdir()
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "part.parquet"))
+    return DataSource("folder", folder, f"local-{folder.name}")
+
+
+def test_parquet_folder_and_cache(tmp_path):
+    rows = [_record("a"), _record("b", labels=(0, 0, 2, 3)),
+            _record("bad", beat_labels=np.array([0, 1]))]
+    records = load_records(_write_parquet(tmp_path / "ecg", rows))
+    assert list(records.patient_id) == ["a", "b"] and len(records.skipped) == 1
+    assert records.beat_offsets.tolist() == [0, 4, 8]
+    signal, locs, labels = records.record(1)
+    assert signal.shape == (1000,) and list(labels) == [0, 0, 2, 3]
+
+
+def test_real_records_follow_the_template_counts():
+    """On the local copy of the hub set, our vectorised cutting agrees with the template's
+    helper beat for beat, and the class counts match the data README's grouping."""
+    records = load_records(DataSource("folder", shared_data("ecg"), "local-ecg"))
+    assert len(records) == 175 and len(records.skipped) == 0
+    segments, labels = beat_dataset(records)
+    lengths = np.array([len(s) for s in segments])
+    template = np.concatenate([[len(s) for s in template_split_by_beat(*records.record(r)[:2])]
+                               for r in range(len(records))])
+    assert np.array_equal(lengths, template) and np.array_equal(lengths, segment_lengths(records))
+    labels = np.array(labels)
+    keep = keep_by_length(lengths)
+    assert len(labels) == 411_504
+    assert np.bincount(labels[keep]).tolist() == [361_566, 15_251, 34_392, 89]

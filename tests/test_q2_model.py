@@ -1,0 +1,143 @@
+"""Q2 representation, splits, metrics, chunked prediction and models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import precision_recall_fscore_support
+
+from common.datasource import DataSource
+from q2_ecg.beats import (
+    HALF_WINDOW,
+    SEGMENT,
+    build_table,
+    centred_windows,
+    rr_features,
+    segment_windows,
+    table_to_device,
+)
+from q2_ecg.data import load_records
+from q2_ecg.metrics import confusion, summary_from_confusion, tune_logit_bias
+from q2_ecg.model import build_model, model_args
+from q2_ecg.predict import predict
+from q2_ecg.splits import beat_split, check_split, lodo_split, patient_split, person
+
+
+@pytest.fixture(scope="module")
+def demo():
+    records = load_records(DataSource("demo", None, "demo"))
+    return records, build_table(records)
+
+
+def test_rr_features_by_hand():
+    locs = np.array([0, 128, 256, 320, 512])         # RR 1, 1, 0.5 (premature), 1.5 s
+    rr = rr_features(locs)
+    assert rr[3, 0] == 0.5 and rr[3, 1] == 1.5       # previous and next RR of the premature beat
+    assert rr[0, 0] == rr[0, 1] == 1.0               # the first beat borrows its next RR
+    assert rr[3, 2] == 1.0                           # local median ignores the one short RR
+    assert rr[3, 3] == pytest.approx(np.log(0.5))
+
+
+def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
+    records, table = demo
+    dev = table_to_device(table, "cpu")
+    idx = torch.tensor([5, 6, 7])
+    windows = centred_windows(dev, idx)
+    assert windows.shape == (3, 2 * HALF_WINDOW)
+    signal, locs, _ = records.record(0)
+    scale = np.median(np.abs(signal[locs] - np.median(signal)))
+    expected = (signal[locs[5:8]] - np.median(signal)) / scale
+    assert np.allclose(windows[:, HALF_WINDOW].numpy(), expected, atol=1e-2)
+    seg = segment_windows(dev, idx)
+    assert seg.shape == (3, SEGMENT)
+    n = table.seg_len[5:8]
+    assert (seg[0, n[0]:] == 0).all() and (seg[0, : n[0]] != 0).sum() > n[0] - 3
+    assert np.allclose(seg[0, n[0] - 1].item(), windows[0, HALF_WINDOW - 1].item(), atol=1e-6)
+
+
+def test_patient_split_is_disjoint_and_has_every_class(demo):
+    records, table = demo
+    split = patient_split(records, table, seed=0)
+    who = person(records)[table.record]
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(who[split == a]) & set(who[split == b])
+    assert not np.array_equal(split, patient_split(records, table, seed=1))
+    lodo = lodo_split(records, table, "svdb_npy")
+    assert set(records.source_db[table.record[lodo == "test"]]) == {"svdb_npy"}
+    with pytest.raises(AssertionError, match="persons in both"):
+        check_split(records, table, beat_split(table))           # the leaky split leaks
+
+
+def test_same_person_records_stay_together():
+    class R:
+        patient_id = np.array(["201", "202", "203"])
+    assert list(person(R)) == ["201", "201", "203"]
+
+
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, 2000, p=[0.8, 0.08, 0.12])
+    pred = np.where(rng.random(2000) < 0.8, y, rng.integers(0, 3, 2000))
+    s = summary_from_confusion(confusion(y, pred))
+    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    for k, name in enumerate(("NOR", "SVEB", "VEB")):
+        assert s[f"{name}_ppv"] == pytest.approx(p[k]) and s[f"{name}_se"] == pytest.approx(r[k])
+        assert s[f"{name}_f1"] == pytest.approx(f[k])
+    ab_true, ab_pred = y > 0, pred > 0
+    p, r, f, _ = precision_recall_fscore_support(ab_true, ab_pred, average="binary")
+    assert s["abnormal_ppv"] == pytest.approx(p) and s["abnormal_f1"] == pytest.approx(f)
+    assert s["normal_se"] == pytest.approx(s["abnormal_sp"])        # the two views mirror
+    assert s["abnormal_sp"] == pytest.approx(((~ab_true) & (~ab_pred)).sum() / (~ab_true).sum())
+
+
+def test_logit_bias_tuning_helps():
+    rng = np.random.default_rng(1)
+    y = rng.choice(3, 3000, p=[0.9, 0.04, 0.06])
+    logits = rng.normal(0, 1, (3000, 3)) + 2.5 * np.eye(3)[y] + np.array([0, 1.5, 1.5])
+    before = summary_from_confusion(confusion(y, logits.argmax(1)))["abnormal_macro_f1"]
+    bias = tune_logit_bias(logits, y)
+    after = summary_from_confusion(confusion(y, (logits + bias).argmax(1)))["abnormal_macro_f1"]
+    assert after > before and bias[1] < 0 and bias[2] < 0      # it undoes the over-calling
+
+
+class BeatIndexModel(torch.nn.Module):
+    """Outputs, for every beat of a chunk, the RR feature it was given (= its beat index)."""
+    def __init__(self, context):
+        super().__init__()
+        self.cfg = build_model(**model_args("context", context=context)).cfg
+
+    def forward(self, windows, rr):
+        return rr[..., :1].repeat(1, 1, 3)
+
+
+@pytest.mark.parametrize("context", [1, 8])
+def test_chunked_prediction_returns_each_beats_own_output(demo, context):
+    _, table = demo
+    dev = table_to_device(table, "cpu")
+    dev["rr"] = torch.arange(len(table.label), dtype=torch.float32)[:, None].repeat(1, 6)
+    beats = np.flatnonzero(table.scored)[::7]
+    out = predict(BeatIndexModel(context), dev, beats, table.record, torch.device("cpu"))
+    assert np.array_equal(out[:, 0], beats.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["resnet", "context", "segment", "autoencoder"])
+def test_model_shapes(name):
+    model = build_model(**model_args(name, channels=(8, 8, 16)))
+    length = model.cfg.context
+    out = model(torch.randn(2, length, 256), torch.randn(2, length, 6))
+    assert out.shape == ((2, length) if name == "autoencoder" else (2, length, 3))
+
+
+def test_resnet_overfits_one_batch():
+    torch.manual_seed(0)
+    model = build_model(**model_args("resnet", channels=(8, 16, 16)))
+    windows = torch.randn(64, 1, 256)
+    rr = torch.randn(64, 1, 6)
+    y = torch.randint(0, 3, (64,))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        loss = torch.nn.functional.cross_entropy(model(windows, rr)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
