@@ -11,6 +11,11 @@ Q2_ARGS  ?=
 # RESUME=1 continues killed runs from their last checkpoint (finished runs are kept as they are)
 RESUME   ?=
 RESUME_FLAG := $(if $(RESUME),--resume,)
+# Q2 training runs, model:split; LODO = leave one database out, beat = the leaky split
+Q2_RUNS  ?= resnet:patient context:patient segment:patient autoencoder:patient \
+            resnet:beat context:beat \
+            resnet:lodo-mitdb context:lodo-mitdb resnet:lodo-svdb context:lodo-svdb \
+            resnet:lodo-incartdb context:lodo-incartdb
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test lint q1 q2 demo demo-q1 demo-q2 bench notebooks clean
@@ -45,15 +50,29 @@ q1: setup
 	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
 	$(PYTHON) -m q1_mri.eval --data $(DATA)
 
+## Q2: EDA (2.A), every run in Q2_RUNS, evaluation -> results/q2/<source>/
+q2: setup
+	$(PYTHON) -m q2_ecg.eda --data $(DATA)
+	@for run in $(Q2_RUNS); do \
+	  echo "== q2 $$run"; \
+	  $(PYTHON) -m q2_ecg.train --data $(DATA) --model $${run%%:*} --split $${run#*:} \
+	    $(RESUME_FLAG) $(Q2_ARGS) || exit 1; \
+	done
+	$(PYTHON) -m q2_ecg.eval --data $(DATA)
+
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
-demo: demo-q1
+demo: demo-q1 demo-q2
 
 demo-q1: setup
 	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 6 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
 
+demo-q2: setup
+	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 3 --beats-per-epoch 3000 --channels 16 16 32 $(Q2_ARGS)"
+
 ## Throughput: device-resident training vs a per-item datasets + DataLoader path
 bench: setup
 	$(PYTHON) -m q1_mri.bench --data $(DATA)
+	$(PYTHON) -m q2_ecg.bench --data $(DATA)
 
 ## Remove demo results and the data cache (real results and checkpoints are kept)
 clean:

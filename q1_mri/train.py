@@ -68,7 +68,8 @@ def parse_args(argv=None):
                    help="use a random subset of the training slices (quick runs)")
     p.add_argument("--monitor-slices", type=int, default=512,
                    help="train/val slices scored after each epoch for the curves")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from checkpoint.pt (starts afresh if there is none)")
     p.add_argument("--dry-run", action="store_true", help="one batch, no files")
     args = p.parse_args(argv)
     if args.adv_weight is None:
@@ -130,7 +131,9 @@ def setup(args) -> SimpleNamespace:
     r.opt_d = (torch.optim.AdamW(r.disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
                if r.disc else None)
     r.start_epoch, r.history, r.best = 0, [], -1.0
-    if args.resume:
+    if args.resume and not (r.out / "checkpoint.pt").exists():
+        print(f"notice: nothing to resume in {r.out}; starting from scratch")
+    elif args.resume:
         ck = load_checkpoint(r.out / "checkpoint.pt", r.device)
         r.model.load_state_dict(ck["model"])
         r.ema.load_state_dict(ck["ema"])

@@ -65,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--channels", type=int, nargs=3, default=None, help="ResNet stage widths")
     p.add_argument("--max-monitor-beats", type=int, default=None,
                    help="score at most this many validation beats per epoch (quick runs)")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from checkpoint.pt (starts afresh if there is none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--dry-run", action="store_true", help="one batch, no files")
     return p.parse_args(argv)
@@ -122,7 +123,9 @@ def setup(args) -> SimpleNamespace:
     r.opt = torch.optim.AdamW(r.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     r.scaler = grad_scaler(r.device)
     r.start_epoch, r.history, r.best = 0, [], -float("inf")
-    if args.resume:
+    if args.resume and not (r.out / "checkpoint.pt").exists():
+        print(f"notice: nothing to resume in {r.out}; starting from scratch")
+    elif args.resume:
         ck = load_checkpoint(r.out / "checkpoint.pt", r.device)
         r.model.load_state_dict(ck["model"])
         r.ema.load_state_dict(ck["ema"])
