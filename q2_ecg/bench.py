@@ -7,12 +7,24 @@ backward, AdamW) for a fixed number of batches per model.
 """
 from __future__ import annotations
 
-import torch
-
 from common import cli
 from common.bench import items_per_second, peak_memory_mb
 from q2_ecg import train as q2_train
-from q2_ecg.predict import chunk_indices
+
+
+def throughput(name: str, args) -> str:
+    """One line: training beats/s of model `name` over args.steps batches."""
+    targs = q2_train.parse_args(["--data", args.data, "--device", args.device, "--model", name,
+                                 "--results-root", "/tmp/q2-bench"])
+    r = q2_train.setup(targs)
+    length = r.model.cfg.context
+    chunks = max(1, targs.batch_beats // length)
+    r.model.train()
+    rate = items_per_second(lambda: (q2_train.train_step(r, chunks, length), chunks * length)[1],
+                            r.device, args.steps)
+    mem = peak_memory_mb(r.device)
+    gpu = f", peak GPU {mem['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in mem else ""
+    return f"  {name:<12} {rate:9.0f} beats/s  ({r.precision}, batch {chunks * length} beats{gpu})"
 
 
 def main() -> None:
@@ -23,26 +35,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"\nQ2 training throughput, data {args.data}")
     for name in args.models:
-        targs = q2_train.parse_args(["--data", args.data, "--device", args.device,
-                                     "--model", name, "--results-root", "/tmp/q2-bench"])
-        r = q2_train.setup(targs)
-        length = r.model.cfg.context
-        chunks = max(1, targs.batch_beats // length)
-        r.model.train()
-
-        def step() -> int:
-            pick = torch.randint(0, len(r.starts), (chunks,), generator=r.gen).numpy()
-            idx = torch.from_numpy(chunk_indices(r.starts[pick], length, r.chunk_last[pick]))
-            loss = q2_train.batch_loss(r, idx.to(r.device))
-            r.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            r.opt.step()
-            return chunks * length
-        rate = items_per_second(step, r.device, args.steps)
-        mem = peak_memory_mb(r.device)
-        gpu = f", peak GPU {mem['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in mem else ""
-        print(f"  {name:<12} {rate:9.0f} beats/s  ({r.precision}, batch {chunks * length} beats"
-              f"{gpu})")
+        print(throughput(name, args))
 
 
 if __name__ == "__main__":

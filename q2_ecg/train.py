@@ -156,6 +156,19 @@ def batch_loss(r, idx: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out[mask], r.dev["label"][idx][mask], weight=r.weights)
 
 
+def train_step(r, chunks: int, length: int) -> torch.Tensor:
+    """Draw `chunks` random chunks of `length` beats and take one optimiser step. -> loss"""
+    pick = torch.randint(0, len(r.starts), (chunks,), generator=r.gen).numpy()
+    idx = torch.from_numpy(chunk_indices(r.starts[pick], length, r.chunk_last[pick]))
+    loss = batch_loss(r, idx.to(r.device))
+    r.opt.zero_grad(set_to_none=True)
+    r.scaler.scale(loss).backward()
+    r.scaler.step(r.opt)
+    r.scaler.update()
+    r.ema.update(r.model)
+    return loss.detach()
+
+
 def validate(r) -> dict:
     out = predict(r.ema.shadow, r.dev, r.val_beats, r.table.record, r.device)
     y = r.table.label[r.val_beats]
@@ -193,15 +206,8 @@ def train(args) -> dict:
             for group in r.opt.param_groups:
                 group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step, total_steps,
                                                       steps_per_epoch // 2)
-            pick = torch.randint(0, len(r.starts), (chunks,), generator=r.gen).numpy()
-            idx = torch.from_numpy(chunk_indices(r.starts[pick], length, r.chunk_last[pick]))
-            loss = batch_loss(r, idx.to(r.device))
-            r.opt.zero_grad(set_to_none=True)
-            r.scaler.scale(loss).backward()
-            r.scaler.step(r.opt)
-            r.scaler.update()
-            r.ema.update(r.model)
-            loss_sum += loss.detach()
+            loss = train_step(r, chunks, length)
+            loss_sum += loss
             if step % 20 == 0:  # .item() waits for the GPU, so only now and then
                 rate = (step + 1) * chunks * length / (time.time() - t_epoch)
                 bar.set_postfix(loss=f"{loss.item():.4f}", beats_s=f"{rate:.0f}")
