@@ -64,7 +64,9 @@ def measure(args) -> dict:
     gen = seed_everything(0)
     device = select_device(args.device)
     split = load_mri(resolve_source(args.data))["train"]
-    model = build_model(**model_args(args.model)).to(device, memory_format=torch.channels_last)
+    fmt = torch.channels_last if args.channels_last == "on" else torch.contiguous_format
+    model = build_model(**model_args(args.model)).to(device, memory_format=fmt)
+    step_model = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_args = SimpleNamespace(ssim_weight=1.0, adv_weight=0.0)
     batches = (resident_batches(split, device, args.batch_size, gen) if args.path == "resident"
@@ -73,14 +75,15 @@ def measure(args) -> dict:
     def step() -> int:
         t1, t2 = batches()
         with autocast(device):
-            pred = model(t1.contiguous(memory_format=torch.channels_last)).float()
+            pred = step_model(t1.contiguous(memory_format=fmt)).float()
             loss = generator_loss(t2, pred, train_args, None, t1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return len(t1)
-    rate = items_per_second(step, device, args.steps)
-    return {"path": args.path, "slices_per_s": rate, **peak_memory_mb(device)}
+    rate = items_per_second(step, device, args.steps, warmup=10 if args.compile else 3)
+    return {"path": args.path, "slices_per_s": rate, "channels_last": args.channels_last,
+            "compile": args.compile, **peak_memory_mb(device)}
 
 
 def main() -> None:
@@ -91,6 +94,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed training steps per path")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--path", choices=["both", "resident", "dataloader"], default="both")
+    p.add_argument("--channels-last", choices=["on", "off"], default="on")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = p.parse_args()
     if args.path != "both":
         print(json.dumps(measure(args)))

@@ -15,6 +15,7 @@ from q2_ecg import train as q2_train
 def throughput(name: str, args) -> str:
     """One line: training beats/s of model `name` over args.steps batches."""
     targs = q2_train.parse_args(["--data", args.data, "--device", args.device, "--model", name,
+                                 "--batch-beats", str(args.batch_beats),
                                  "--results-root", "/tmp/q2-bench"])
     r = q2_train.setup(targs)
     length = r.model.cfg.context
@@ -32,6 +33,7 @@ def main() -> None:
     cli.add_run_args(p)
     p.add_argument("--models", nargs="+", default=["resnet", "context", "autoencoder"])
     p.add_argument("--steps", type=int, default=20, help="timed batches per model")
+    p.add_argument("--batch-beats", type=int, default=512, help="beats per training batch")
     args = p.parse_args()
     print(f"\nQ2 training throughput, data {args.data}")
     for name in args.models:
