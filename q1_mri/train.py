@@ -38,7 +38,7 @@ from q1_mri.eval import evaluate
 from q1_mri.metrics import ssim
 from q1_mri.model import MODELS, PatchDiscriminator, build_model, model_args
 
-ADV_DEFAULT = {"unet": 0.0, "transunet": 0.0}
+ADV_DEFAULT = {"unet": 0.0, "transunet": 0.01}
 MONITORED = ("masked_ssim", "masked_psnr", "masked_mae", "ssim", "psnr")
 
 

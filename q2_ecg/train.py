@@ -52,7 +52,7 @@ def parse_args(argv=None):
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="resnet")
     p.add_argument("--split", choices=SPLIT_CHOICES, default="patient")
-    p.add_argument("--epochs", type=int, default=30, help="at most; early stopping may end sooner")
+    p.add_argument("--epochs", type=int, default=20, help="at most; early stopping may end sooner")
     p.add_argument("--beats-per-epoch", type=int, default=60_000, help="training beats per epoch")
     p.add_argument("--batch-beats", type=int, default=512,
                    help="beats per batch (the context model gets batch-beats / L chunks)")
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--class-weight-power", type=float, default=0.5,
                    help="class weight = frequency ** -power (0: none, 1: fully balanced)")
-    p.add_argument("--patience", type=int, default=6, help="epochs without validation gain")
+    p.add_argument("--patience", type=int, default=5, help="epochs without validation gain")
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--channels", type=int, nargs=3, default=None, help="ResNet stage widths")
     p.add_argument("--max-monitor-beats", type=int, default=None,

@@ -15,7 +15,7 @@ for bs in 64 256; do
   for cl in on off; do
     for comp in "" "--compile"; do
       $PY -m q1_mri.bench --data demo --path resident --batch-size $bs --steps 60 \
-        --channels-last $cl $comp | tail -n +2 | grep -v ratio | sed "s/^/  bs $bs cl $cl ${comp:-eager} /"
+        --channels-last $cl $comp | tail -1
     done
   done
 done
