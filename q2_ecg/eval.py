@@ -30,11 +30,11 @@ from q2_ecg.train import make_split
 
 CLASSIFIERS = ("resnet", "context", "segment")
 DESCRIPTIONS = {
-    "resnet": "1-D ResNet on a 2 s window centred on the R peak + 6 RR features",
+    "resnet": "1-D ResNet on a 2 s R-centred window and its record's median beat, + 8 RR features",
     "context": "the same beat encoder, then a transformer over 32 neighbouring beats",
     "segment": "ablation: 1-D ResNet on the zero-padded split_by_beat segment, no RR features",
     "autoencoder": "unsupervised: reconstruction error of an autoencoder fitted to normal beats",
-    "rr-logistic": "baseline: logistic regression on the 6 RR features alone",
+    "rr-logistic": "baseline: logistic regression on the 8 RR features alone",
     "majority": "baseline: every beat called normal",
 }
 REPORTED = ([f"{c}_{m}" for c in ("NOR", "SVEB", "VEB") for m in ("se", "ppv", "f1", "sp")]

@@ -1,8 +1,9 @@
 """Q2 models: a 1-D ResNet beat classifier, the same with a transformer over neighbouring beats,
 and an autoencoder trained on normal beats only (its reconstruction error is an anomaly score).
 
-All take a chunk of L consecutive beats: windows (B, L, W) float32 of amplitude-scaled signal at
-128 Hz and RR features (B, L, F) (see beats.RR_NAMES). The plain ResNet uses L = 1.
+All take a chunk of L consecutive beats: waveforms (B, L, C, W) float32 of amplitude-scaled
+signal at 128 Hz (channel 0 the beat, channel 1 its record's median beat) and RR features
+(B, L, F) (see beats.RR_NAMES). The plain ResNet uses L = 1.
 1-D ResNet: He et al. 2016, as applied to ECG by Hannun et al. 2019. Context transformer:
 Vaswani et al. 2017; SVEB is defined relative to the neighbouring beats (premature against the
 running sinus rhythm), so letting each beat attend to its neighbours is the natural next step.
@@ -21,7 +22,8 @@ class BeatNetConfig:
     window: int = 256                 # samples per beat input
     channels: tuple = (32, 64, 128)   # per ResNet stage; each stage halves the length
     kernel: int = 7
-    rr_features: int = 6              # 0: waveform only (the zero-padded segment ablation)
+    rr_features: int = 8              # 0: waveform only (the zero-padded segment ablation)
+    template: bool = True             # second input channel: the record's median beat
     embed: int = 64                   # width of a beat's token
     context: int = 1                  # L, beats per chunk
     context_layers: int = 0           # transformer layers over the chunk (0 = none)
@@ -50,19 +52,20 @@ class ResBlock1d(nn.Module):
 
 
 class BeatEncoder(nn.Module):
-    """(N, W) waveform -> (N, embed): strided stem, ResNet stages, average + max pooling."""
+    """(N, C, W) waveforms -> (N, embed): strided stem, ResNet stages, average + max pooling."""
 
     def __init__(self, cfg: BeatNetConfig):
         super().__init__()
         c = cfg.channels
-        self.stem = nn.Sequential(nn.Conv1d(1, c[0], cfg.kernel, 2, cfg.kernel // 2, bias=False),
+        c_in = 2 if cfg.template else 1
+        self.stem = nn.Sequential(nn.Conv1d(c_in, c[0], cfg.kernel, 2, cfg.kernel // 2, bias=False),
                                   nn.BatchNorm1d(c[0]), nn.ReLU(inplace=True))
         self.stages = nn.Sequential(*(ResBlock1d(c_in, c_out, cfg.kernel, 2)
                                       for c_in, c_out in zip((c[0],) + c[:-1], c)))
         self.out = nn.Linear(2 * c[-1], cfg.embed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stages(self.stem(x[:, None]))                          # (N, C, W / 2**(1+S))
+        h = self.stages(self.stem(x))                                   # (N, C, W / 2**(1+S))
         return self.out(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
 
 
@@ -83,7 +86,7 @@ class RRNorm(nn.Module):
 
 
 class BeatClassifier(nn.Module):
-    """(B, L, W) windows, (B, L, F) RR -> (B, L, n_classes) logits, one per beat of the chunk."""
+    """(B, L, C, W) waveforms, (B, L, F) RR -> (B, L, n_classes) logits, one per beat."""
 
     def __init__(self, cfg: BeatNetConfig):
         super().__init__()
@@ -103,8 +106,8 @@ class BeatClassifier(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(cfg.embed), nn.Linear(cfg.embed, cfg.n_classes))
 
     def forward(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
-        b, length, w = windows.shape
-        tokens = self.encoder(windows.reshape(b * length, w)).reshape(b, length, -1)
+        b, length = windows.shape[:2]
+        tokens = self.encoder(windows.flatten(0, 1)).reshape(b, length, -1)
         if self.cfg.rr_features:
             tokens = torch.cat([tokens, self.rr_norm(rr)], dim=-1)
         tokens = self.token(tokens)                                      # (B, L, embed)
@@ -114,10 +117,11 @@ class BeatClassifier(nn.Module):
 
 
 class BeatAutoencoder(nn.Module):
-    """Normal-beat autoencoder. (B, L, W), (B, L, F) -> anomaly score (B, L).
+    """Normal-beat autoencoder. (B, L, C, W), (B, L, F) -> anomaly score (B, L).
 
-    The window and the standardised RR features go through a 16-number bottleneck; a beat unlike
-    the normal beats it was trained on (odd shape or odd timing) is reconstructed badly.
+    The beat (given its record's median beat as a second channel) and the standardised RR
+    features go through a 16-number bottleneck; a beat unlike the normal beats it was trained on
+    (odd shape or odd timing) is reconstructed badly. Only the beat itself is reconstructed.
     """
 
     def __init__(self, cfg: BeatNetConfig):
@@ -132,12 +136,13 @@ class BeatAutoencoder(nn.Module):
     def reconstruction_errors(self, windows: torch.Tensor, rr: torch.Tensor
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean squared errors (B, L) of the waveform and of the standardised RR features."""
-        b, length, w = windows.shape
+        b, length, _, w = windows.shape
         rr = self.rr_norm(rr)
-        z = self.bottleneck(torch.cat([self.encoder(windows.reshape(b * length, w)),
+        z = self.bottleneck(torch.cat([self.encoder(windows.flatten(0, 1)),
                                        rr.reshape(b * length, -1)], dim=1))
         out = self.decoder(F.gelu(z)).reshape(b, length, -1)
-        return ((out[..., :w] - windows) ** 2).mean(-1), ((out[..., w:] - rr) ** 2).mean(-1)
+        beat = windows[:, :, 0]
+        return ((out[..., :w] - beat) ** 2).mean(-1), ((out[..., w:] - rr) ** 2).mean(-1)
 
     def forward(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
         wave, timing = self.reconstruction_errors(windows, rr)
@@ -147,7 +152,7 @@ class BeatAutoencoder(nn.Module):
 MODELS = {
     "resnet": BeatNetConfig(),
     "context": BeatNetConfig(context=32, context_layers=2),
-    "segment": BeatNetConfig(rr_features=0),
+    "segment": BeatNetConfig(rr_features=0, template=False),
     "autoencoder": BeatNetConfig(autoencoder=True),
 }
 

@@ -23,9 +23,18 @@ def chunk_indices(starts: np.ndarray, length: int, last: np.ndarray) -> np.ndarr
 
 def inputs(dev: dict, idx: torch.Tensor, cfg, shift: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs for beats `idx` (B, L): waveforms (B, L, W) and RR features (B, L, F)."""
-    gather = segment_windows if cfg.rr_features == 0 else centred_windows
-    return gather(dev, idx, shift), dev["rr"][idx]
+    """Model inputs for beats `idx` (B, L): waveforms (B, L, C, W) and RR features (B, L, F).
+
+    Channel 0 is the beat (R-centred window, or the ablation's segment); with `cfg.template`
+    channel 1 is its record's median beat.
+    """
+    if cfg.rr_features == 0:
+        waves = segment_windows(dev, idx, shift)[..., None, :]
+    else:
+        waves = centred_windows(dev, idx, shift)[..., None, :]
+    if cfg.template:
+        waves = torch.cat([waves, dev["template"][dev["record"][idx]][..., None, :]], dim=-2)
+    return waves, dev["rr"][idx]
 
 
 @torch.no_grad()

@@ -143,14 +143,19 @@ def setup(args) -> SimpleNamespace:
 def batch_loss(r, idx: torch.Tensor) -> torch.Tensor:
     """Loss of a (B, L) chunk batch: weighted cross-entropy, or reconstruction error for the AE.
 
-    Augmentation: each window shifted by up to 3 samples and scaled by 0.9..1.1.
+    Augmentation of the beat channel: shifted by up to 3 samples, scaled by 0.8..1.2 and given
+    white noise of up to 0.05 (in units of the record's R amplitude).
     """
     shift = torch.randint(-3, 4, idx.shape, generator=r.gen).to(r.device)
-    gain = (0.9 + 0.2 * torch.rand(idx.shape[0], 1, 1, generator=r.gen)).to(r.device)
-    windows, rr = inputs(r.dev, idx, r.model.cfg, shift)
+    gain = (0.8 + 0.4 * torch.rand(*idx.shape, 1, generator=r.gen)).to(r.device)
+    noise = 0.05 * torch.rand(*idx.shape, 1, generator=r.gen).to(r.device)
+    waves, rr = inputs(r.dev, idx, r.model.cfg, shift)
+    beat = waves[..., 0, :] * gain + noise * torch.randn(waves[..., 0, :].shape,
+                                                         generator=r.gen).to(r.device)
+    waves = torch.cat([beat[..., None, :], waves[..., 1:, :]], dim=-2)
     mask = r.trainable[idx]
     with r.amp():
-        out = r.step_model(windows * gain, rr).float()
+        out = r.step_model(waves, rr).float()
     if r.autoencoder:
         return out[mask].mean()
     return F.cross_entropy(out[mask], r.dev["label"][idx][mask], weight=r.weights)

@@ -35,7 +35,7 @@ def test_rr_features_by_hand():
     assert rr[3, 0] == 0.5 and rr[3, 1] == 1.5       # previous and next RR of the premature beat
     assert rr[0, 0] == rr[0, 1] == 1.0               # the first beat borrows its next RR
     assert rr[3, 2] == 1.0                           # local median ignores the one short RR
-    assert rr[3, 3] == pytest.approx(np.log(0.5))
+    assert rr[3, 4] == pytest.approx(np.log(0.5))
 
 
 def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
@@ -114,7 +114,7 @@ class BeatIndexModel(torch.nn.Module):
 def test_chunked_prediction_returns_each_beats_own_output(demo, context):
     _, table = demo
     dev = table_to_device(table, "cpu")
-    dev["rr"] = torch.arange(len(table.label), dtype=torch.float32)[:, None].repeat(1, 6)
+    dev["rr"] = torch.arange(len(table.label), dtype=torch.float32)[:, None].repeat(1, 8)
     beats = np.flatnonzero(table.scored)[::7]
     out = predict(BeatIndexModel(context), dev, beats, table.record, torch.device("cpu"))
     assert np.array_equal(out[:, 0], beats.astype(np.float32))
@@ -124,15 +124,16 @@ def test_chunked_prediction_returns_each_beats_own_output(demo, context):
 def test_model_shapes(name):
     model = build_model(**model_args(name, channels=(8, 8, 16)))
     length = model.cfg.context
-    out = model(torch.randn(2, length, 256), torch.randn(2, length, 6))
+    channels = 2 if model.cfg.template else 1
+    out = model(torch.randn(2, length, channels, 256), torch.randn(2, length, 8))
     assert out.shape == ((2, length) if name == "autoencoder" else (2, length, 3))
 
 
 def test_resnet_overfits_one_batch():
     torch.manual_seed(0)
     model = build_model(**model_args("resnet", channels=(8, 16, 16)))
-    windows = torch.randn(64, 1, 256)
-    rr = torch.randn(64, 1, 6)
+    windows = torch.randn(64, 1, 2, 256)
+    rr = torch.randn(64, 1, 8)
     y = torch.randint(0, 3, (64,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(80):
