@@ -129,7 +129,7 @@ def write_all(folder: Path, ctx, models: dict, preds: dict, histories: dict, lab
         import torch
 
         from q2_ecg.beats import centred_windows
-        signal = lambda i: centred_windows(ctx.dev, torch.tensor([i])).cpu().numpy()[0]  # noqa: E731
+        signal = lambda i: centred_windows(ctx.dev, torch.tensor([i], device=ctx.device)).cpu().numpy()[0]  # noqa: E731
         save_figure(plot_examples(signal, preds[best]), folder / "examples.png",
                     f"Test beats classified by {best}: correct (green) and wrong (red)", label)
     from q2_ecg.eval import HEADLINE, compare_splits, lodo_table
