@@ -69,6 +69,10 @@ demo-q1: setup
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 3 --beats-per-epoch 3000 --channels 16 16 32 $(Q2_ARGS)"
 
+## Execute both notebooks in place on the results of DATA (default: best source with results)
+notebooks: setup
+	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(DATA)),--data $(DATA),)
+
 ## Throughput: device-resident training vs a per-item datasets + DataLoader path
 bench: setup
 	$(PYTHON) -m q1_mri.bench --data $(DATA)

@@ -72,7 +72,7 @@ def brain_values(images: np.ndarray, mask: np.ndarray, max_n: int = 2_000_000) -
 
 
 def plot_histograms(values: dict[tuple[str, str], np.ndarray], background: dict[str, float],
-                    xlabel: str, log_x: bool) -> plt.Figure:
+                    xlabel: str, log_y: bool) -> plt.Figure:
     """One panel per contrast, train and validation overlaid, densities of brain pixels."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, contrast in zip(axes, ("T1", "T2")):
@@ -82,7 +82,7 @@ def plot_histograms(values: dict[tuple[str, str], np.ndarray], background: dict[
             ax.hist(values[(s, contrast)], bins=bins, density=True, histtype="step", lw=1.4,
                     label=f"{s} (background: {100 * background[s]:.0f}% of pixels, not shown)")
         ax.set(title=f"{contrast}: brain-pixel intensities", xlabel=xlabel, ylabel="density")
-        if log_x:
+        if log_y:
             ax.set_yscale("log")
         ax.legend(loc="upper right")
     return fig
@@ -117,7 +117,7 @@ def main() -> None:
     background = {s: float(1 - splits[s].brain_mask.mean()) for s in SPLITS}
     raw = {(s, c): brain_values(getattr(splits[s], c.lower()), splits[s].brain_mask)
            for s in SPLITS for c in ("T1", "T2")}
-    save_figure(plot_histograms(raw, background, "raw intensity (scanner units)", True),
+    save_figure(plot_histograms(raw, background, "raw intensity (scanner units)", log_y=True),
                 figs / "eda_histograms_raw.png", "Intensity distributions before normalisation",
                 source.label)
     t1n, t2n, _ = normed["train"]
@@ -126,7 +126,7 @@ def main() -> None:
                 source.label)
     norm_values = {(s, c): brain_values(normed[s][i], normed[s][2])
                    for s in SPLITS for i, c in enumerate(("T1", "T2"))}
-    save_figure(plot_histograms(norm_values, background, "normalised intensity", False),
+    save_figure(plot_histograms(norm_values, background, "normalised intensity", log_y=False),
                 figs / "eda_histograms_normalised.png",
                 "Intensity distributions after normalisation", source.label)
 

@@ -61,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
                    help="auto: bf16 autocast (fp16 + loss scaling on GPUs without bf16; "
                         "fp32 on CPUs without native bf16)")
-    p.add_argument("--channels-last", choices=["on", "off"], default="on",
-                   help="NHWC memory layout (faster convolutions on GPU and CPU)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="NHWC memory layout; auto = on for CPU (1.4x faster here), off for CUDA "
+                        "(GroupNorm made it 10-20%% slower on an H200)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-train-slices", type=int, default=None,
                    help="use a random subset of the training slices (quick runs)")
@@ -121,7 +122,8 @@ def setup(args) -> SimpleNamespace:
                               torch.Generator().manual_seed(1)) for s in ("train", "validation")}
     r.model_args = model_args(args.model, base_channels=args.base_channels)
     r.model = build_model(**r.model_args).to(r.device)
-    r.channels_last = args.channels_last == "on"
+    r.channels_last = args.channels_last == "on" or (args.channels_last == "auto"
+                                                     and r.device.type == "cpu")
     if r.channels_last:
         r.model = r.model.to(memory_format=torch.channels_last)
     r.ema = ModelEMA(r.model, args.ema_decay)

@@ -24,3 +24,34 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not available at {path}")
     return path
+
+
+Q1_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--batch-size", "16",
+           "--base-channels", "8", "--max-train-slices", "64", "--monitor-slices", "32"]
+Q2_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-epoch", "1024",
+           "--batch-beats", "256", "--channels", "8", "8", "16"]
+Q2_RUNS = [("resnet", "patient"), ("context", "patient"), ("segment", "patient"),
+           ("autoencoder", "patient"), ("resnet", "beat"), ("resnet", "lodo-svdb")]
+
+
+@pytest.fixture(scope="session")
+def q1_results(tmp_path_factory):
+    """A results root with both Q1 models trained on demo data with tiny settings."""
+    from q1_mri import train
+
+    root = tmp_path_factory.mktemp("q1-results")
+    for model in ("unet", "transunet"):
+        train.train(train.parse_args(Q1_TINY + ["--model", model, "--results-root", str(root)]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def q2_results(tmp_path_factory):
+    """A results root with every kind of Q2 run trained on demo data with tiny settings."""
+    from q2_ecg import train
+
+    root = tmp_path_factory.mktemp("q2-results")
+    for model, split in Q2_RUNS:
+        train.train(train.parse_args(Q2_TINY + ["--model", model, "--split", split,
+                                                "--results-root", str(root)]))
+    return root

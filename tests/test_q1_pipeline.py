@@ -7,17 +7,12 @@ import pytest
 from common.io import read_csv, read_json
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
-
-TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--batch-size", "16",
-        "--base-channels", "8", "--max-train-slices", "64", "--monitor-slices", "32"]
+from tests.conftest import Q1_TINY as TINY
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    for model in ("unet", "transunet"):
-        q1_train.train(q1_train.parse_args(TINY + ["--model", model, "--results-root", str(root)]))
-    return root
+def trained(q1_results):
+    return q1_results
 
 
 def test_training_writes_history_checkpoint_and_summary(trained):

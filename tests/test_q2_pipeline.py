@@ -7,20 +7,12 @@ import pytest
 from common.io import read_csv, read_json
 from q2_ecg import eval as q2_eval
 from q2_ecg import train as q2_train
-
-TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-epoch", "1024",
-        "--batch-beats", "256", "--channels", "8", "8", "16"]
-RUNS = [("resnet", "patient"), ("context", "patient"), ("segment", "patient"),
-        ("autoencoder", "patient"), ("resnet", "beat"), ("resnet", "lodo-svdb")]
+from tests.conftest import Q2_TINY as TINY
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    for model, split in RUNS:
-        q2_train.train(q2_train.parse_args(TINY + ["--model", model, "--split", split,
-                                                   "--results-root", str(root)]))
-    return root
+def trained(q2_results):
+    return q2_results
 
 
 def test_training_writes_history_and_summary(trained):

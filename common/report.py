@@ -1,0 +1,79 @@
+"""Helpers for the notebooks: pick the results to show, banners, Markdown tables.
+
+The notebooks never train; they read results/<question>/<source>/ and run the light EDA live.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from IPython.display import Markdown
+
+from common.datasource import PROJECT_ROOT
+from common.io import read_json
+from common.results import RESULTS_ROOT
+
+
+def results_root() -> Path:
+    return Path(os.environ.get("RESULTS_ROOT", RESULTS_ROOT))
+
+
+def choose_source(question: str, spec: str | None = None) -> tuple[str, Path]:
+    """The data spec to explore and the results folder to show.
+
+    `spec` (or $NOTEBOOK_DATA) names a source as for --data; without one, the best source whose
+    results exist is used: the Hub first, then local folders, then the demo data.
+    Returns (data spec for --data, results/<question>/<tag>/).
+    """
+    spec = spec or os.environ.get("NOTEBOOK_DATA")
+    root = results_root() / question
+    if spec:
+        from common.datasource import resolve
+        source = resolve(spec, hub_cached=True)
+        return spec, root / source.tag
+    found = sorted(p.parent.name for p in root.glob("*/metrics.json"))
+    for tag in ["hub"] + [t for t in found if t.startswith("local-")] + ["demo"]:
+        if tag in found:
+            data_path = read_json(root / tag / "metrics.json").get("data_path")
+            return (data_path if tag.startswith("local-") else tag), root / tag
+    raise FileNotFoundError(f"no results under {root}: run `make {question}` (or `make demo`) first")
+
+
+def banner(metrics: dict) -> Markdown:
+    """A box naming the data source; loud when it is the synthetic demo data."""
+    label = metrics["data_label"]
+    where = f"`{metrics['data_path']}`" if metrics.get("data_path") else metrics["data_source"]
+    if metrics["data_source"] == "demo":
+        text = (f"> **⚠ DEMO DATA.** Everything below comes from the built-in *synthetic* data "
+                f"({label}), not from real scans or recordings. Run `make q1 q2 notebooks` with "
+                "real data for meaningful numbers.")
+    else:
+        text = (f"> **Data source:** {label} ({where}). Results produced by code at commit "
+                f"`{metrics['git_commit']}` on {metrics['device']}, {metrics['created']}.")
+    return Markdown(text)
+
+
+def table(headers: list[str], rows: list[list]) -> Markdown:
+    """A Markdown table; floats shown with 3 significant decimals, None as a dash."""
+    def cell(v):
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
+def with_ci(stat: dict, digits: int = 3) -> str:
+    """'0.812 (0.790–0.830)' from a {'value'|'mean', 'ci95'} dict."""
+    value = stat.get("value", stat.get("mean"))
+    low, high = stat["ci95"]
+    if low != low:  # NaN: no interval
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def project_path(*parts: str) -> Path:
+    return PROJECT_ROOT.joinpath(*parts)

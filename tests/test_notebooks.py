@@ -1,0 +1,134 @@
+"""The write-up: structure and hygiene of the committed notebooks, the discussions' word counts
+and numbers, and `make notebooks` on demo results."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from common.datasource import PROJECT_ROOT
+
+NOTEBOOKS = {"q1": "Assessment_Q1.ipynb", "q2": "Assessment_Q2.ipynb"}
+HEADINGS = {
+    "q1": ["# Question 1", "## 1.A)", "### 1.", "### 2.", "### 3.", "## 1.B)", "## 1.C)"],
+    "q2": ["# Question 2", "## 2.A)", "### 1.", "### 2.", "### 3.", "### 4.", "## 2.B)",
+           "## 2.C)"],
+}
+NUMBER = re.compile(r"(?<![\w.\-–])(\d+(?:\.\d+)?)(\s?%)?(?![\w\-]|\.\d)")
+
+
+def load(q: str) -> nbformat.NotebookNode:
+    return nbformat.read(PROJECT_ROOT / NOTEBOOKS[q], as_version=4)
+
+
+def discussion(nb) -> str:
+    """The markdown cell after the discussion heading (1.C / 2.C)."""
+    cells = nb.cells
+    i = next(k for k, c in enumerate(cells) if c.cell_type == "markdown"
+             and re.search(r"^## [12]\.C\)", c.source, re.M))
+    return cells[i + 1].source
+
+
+def numbers_in(obj) -> list[float]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in numbers_in(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in numbers_in(v)]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return [float(obj)]
+    return []
+
+
+def quoted_numbers(text: str) -> list[tuple[str, bool]]:
+    """Numbers in prose, with whether they carry a % sign (words like T1, 2-D, L1 excluded)."""
+    return [(m.group(1), bool(m.group(2))) for m in NUMBER.finditer(text)]
+
+
+def appears(token: str, percent: bool, values: list[float]) -> bool:
+    """`token` equals some value rounded to the token's own number of decimals."""
+    decimals = len(token.split(".")[1]) if "." in token else 0
+    target = float(token)
+    scale = 100 if percent else 1
+    return any(round(v * s, decimals) == target for v in values
+               for s in ({scale} | ({100} if decimals == 0 and not percent else set())))
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_structure_follows_the_template(q):
+    text = [c.source for c in load(q).cells if c.cell_type == "markdown"]
+    positions = []
+    for heading in HEADINGS[q]:
+        start = positions[-1] if positions else 0
+        found = next(i for i in range(start, len(text)) if heading in text[i])
+        positions.append(found)
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_every_code_cell_ran_cleanly_and_is_introduced(q):
+    cells = load(q).cells
+    for k, cell in enumerate(cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.execution_count is not None, f"cell {k} was not executed"
+        assert not [o for o in cell.outputs if o.output_type == "error"], f"cell {k} errored"
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        assert text.count("\n") <= 6, f"cell {k} prints a wall of text"
+        assert "%|" not in text, f"cell {k} shows a progress bar"
+        assert cells[k - 1].cell_type == "markdown", f"cell {k} has no sentence above it"
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_discussion_is_short_and_quotes_only_measured_numbers(q):
+    from common.report import choose_source
+
+    nb = load(q)
+    text = discussion(nb)
+    assert "PLACEHOLDER" not in text
+    assert len(re.findall(r"\b[\w'’-]+\b", text)) <= 250
+    banner = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+    _, results = choose_source(q)
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["data_label"] in banner, "notebook was executed on another source"
+    values = numbers_in(metrics)
+    missing = [t for t, pct in quoted_numbers(text) if not appears(t, pct, values)]
+    assert not missing, f"numbers not in {results / 'metrics.json'}: {missing}"
+
+
+def test_number_matching_rules():
+    assert quoted_numbers("SSIM 0.79, 20.4 dB, 93 % of beats, T1 and 2-D, L1") == [
+        ("0.79", False), ("20.4", False), ("93", True)]
+    assert appears("0.79", False, [0.7912]) and not appears("0.80", False, [0.7912])
+    assert appears("93", True, [0.9312]) and appears("93", False, [0.9312])
+
+
+def test_make_notebooks_runs_on_demo_results(q1_results, q2_results, tmp_path):
+    from q1_mri import eval as q1_eval
+    from q2_ecg import eval as q2_eval
+
+    root = tmp_path / "results"
+    shutil.copytree(q1_results, root, dirs_exist_ok=True)
+    shutil.copytree(q2_results, root, dirs_exist_ok=True)
+    for eval_module in (q1_eval, q2_eval):
+        eval_module.main(eval_module.parse_args(["--data", "demo", "--device", "cpu",
+                                                 "--results-root", str(root)]))
+    for q in ("q1", "q2"):                 # the eda stats the notebooks read
+        module = {"q1": "q1_mri.eda", "q2": "q2_ecg.eda"}[q]
+        subprocess.run([sys.executable, "-m", module, "--data", "demo", "--results-root",
+                        str(root)], check=True, cwd=PROJECT_ROOT, capture_output=True)
+    done = subprocess.run([sys.executable, "tools/run_notebooks.py", "--data", "demo",
+                           "--results-root", str(root), "--out-dir", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in NOTEBOOKS.values():
+        nb = nbformat.read(tmp_path / name, as_version=4)
+        outputs = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+        assert "DEMO DATA" in outputs
+        assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
+    assert Path(PROJECT_ROOT / "References.md").exists()

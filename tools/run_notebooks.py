@@ -1,0 +1,55 @@
+"""Execute Assessment_Q1.ipynb and Assessment_Q2.ipynb in place with a real kernel.
+
+    python tools/run_notebooks.py [--data SPEC] [--results-root DIR] [--out-dir DIR]
+
+The notebooks explore the data live (from the cache) and show the results already in
+results/<question>/<source>/; they never train. Fails (exit 1) if any cell raises.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("Assessment_Q1.ipynb", "Assessment_Q2.ipynb")
+
+
+def execute(path: Path, out: Path, timeout_s: int) -> None:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
+    for cell in nb.cells:                 # keep the saved notebook free of run-specific noise
+        cell.get("metadata", {}).pop("execution", None)
+    nbformat.write(nb, out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="data spec shown (default: best with results)")
+    p.add_argument("--results-root", default=None, help="folder holding results/<question>/")
+    p.add_argument("--out-dir", default=str(ROOT), help="where the executed notebooks go")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = p.parse_args()
+    if args.data:
+        os.environ["NOTEBOOK_DATA"] = args.data
+    if args.results_root:
+        os.environ["RESULTS_ROOT"] = str(Path(args.results_root).resolve())
+    os.environ.setdefault("NO_PROGRESS", "1")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    for name in NOTEBOOKS:
+        try:
+            execute(ROOT / name, Path(args.out_dir) / name, args.timeout)
+        except CellExecutionError as e:
+            sys.exit(f"{name}: a cell failed:\n{str(e)[-2000:]}")
+        print(f"executed {name}")
+
+
+if __name__ == "__main__":
+    main()
