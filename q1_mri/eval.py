@@ -163,7 +163,8 @@ def main(args) -> dict:
     run_dir = results_dir("q1", train_source, args.results_root)
     out = (results_dir("q1", test_source, args.results_root) / f"trained-on-{train_source.tag}"
            if external else run_dir)
-    split, origin, row = test_split(load_mri(test_source), external)
+    test_splits = load_mri(test_source)
+    split, origin, row = test_split(test_splits, external)
     data = to_device(split, device)
     gt, mask = data["t2"].float(), data["mask"]
     train_data = to_device(load_mri(train_source)["train"], device)
@@ -200,6 +201,7 @@ def main(args) -> dict:
               "test_set": (f"all {len(split)} slices of {test_source.label}" if external
                            else f"validation split of {test_source.label}"),
               "test_slices": len(split), "test_patients": int(len(np.unique(split.patient_id))),
+              "patients_in_train_and_test": shared_patients(test_splits) if not external else [],
               "protocol": __doc__.split("Protocol: ")[1].strip(), "best_method": best,
               "methods": methods}
     write_json(out / "metrics.json", result)
