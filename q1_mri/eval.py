@@ -27,6 +27,7 @@ from q1_mri.data import (
     MRISplit,
     load_mri,
     resolve_source,
+    shared_patients,
     to_device,
 )
 from q1_mri.metrics import SSIM_WINDOW, all_metrics
