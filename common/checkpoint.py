@@ -48,3 +48,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
     return state
+
+
+def restore(ck: dict[str, Any], model, ema, optimizer, scaler) -> None:
+    """Load the training state of a checkpoint into live objects (for --resume)."""
+    model.load_state_dict(ck["model"])
+    ema.load_state_dict(ck["ema"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])

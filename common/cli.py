@@ -32,6 +32,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
 
 
+def add_eval_args(p: argparse.ArgumentParser, items: str) -> None:
+    """--trained-on and --save-predictions, shared by both evaluation scripts."""
+    add_run_args(p)
+    p.add_argument("--trained-on", default=None,
+                   help="source the models were trained on (default: --data); when it differs, "
+                        f"every {items} of --data is a test {items}")
+    p.add_argument("--save-predictions", default=None, metavar="FILE.npz",
+                   help=f"write the chosen model's prediction for every test {items}")
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run `main`; expected failures print one clear line and exit with status 2."""
     try:

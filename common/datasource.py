@@ -80,6 +80,13 @@ def hub_unavailable_message(dataset: str, reason: str) -> str:
             "hub's schema, e.g. DATA=../shared/data/...).")
 
 
+def require_hub(dataset: str) -> None:
+    """Raise DataSourceError within seconds when the Hub cannot be reached."""
+    ok, reason = hub_reachable()
+    if not ok:
+        raise DataSourceError(hub_unavailable_message(dataset, reason))
+
+
 def resolve(spec: str, hub_cached: bool) -> DataSource:
     """Turn a --data value into a DataSource.
 

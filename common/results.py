@@ -20,6 +20,20 @@ def results_dir(question: str, source: DataSource, root: Path | None = None) -> 
     return path
 
 
+def evaluation_dirs(question: str, train_source: DataSource, test_source: DataSource,
+                    root: Path | None = None) -> tuple[Path, Path, bool]:
+    """Where the trained runs are, where the evaluation goes, and whether it is external.
+
+    Evaluating on another dataset than the one trained on writes to
+    results/<question>/<test tag>/trained-on-<train tag>/, so nothing is overwritten.
+    """
+    run_dir = results_dir(question, train_source, root)
+    external = train_source.tag != test_source.tag
+    out = (results_dir(question, test_source, root) / f"trained-on-{train_source.tag}"
+           if external else run_dir)
+    return run_dir, out, external
+
+
 def git_commit() -> str:
     """Commit of the code that produced a result, with '+dirty' for uncommitted changes."""
     try:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import random
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,6 +48,17 @@ def autocast(device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision(device: torch.device, enabled: bool = True) -> tuple[Callable, str]:
+    """(context-manager factory for the forward pass, its name) for `device`.
+
+    With `enabled` False, or where autocast does not pay off, plain fp32.
+    """
+    dtype = autocast_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext, "fp32"
+    return (lambda: autocast(device)), str(dtype).removeprefix("torch.")
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:

@@ -17,8 +17,7 @@ from common.datasource import (
     DataSource,
     DataSourceError,
     cache_dir,
-    hub_reachable,
-    hub_unavailable_message,
+    require_hub,
     resolve,
 )
 
@@ -95,9 +94,7 @@ def _load_datasets(source: DataSource):
 
     datasets.disable_progress_bars()
     if source.kind == "hub":
-        ok, reason = hub_reachable()
-        if not ok:
-            raise DataSourceError(hub_unavailable_message(REPO_ID, reason))
+        require_hub(REPO_ID)
         return datasets.load_dataset(REPO_ID)
     if (source.path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(source.path))

@@ -16,7 +16,7 @@ import torch
 from common import cli
 from common.checkpoint import load_checkpoint
 from common.io import read_csv, read_json, write_json
-from common.results import count_parameters, provenance, results_dir
+from common.results import count_parameters, evaluation_dirs, provenance
 from common.runtime import autocast, configure_threads, select_device
 from common.stats import bootstrap_additive
 from q1_mri.data import (
@@ -143,13 +143,8 @@ def test_split(splits: dict[str, MRISplit], external: bool
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_run_args(p)
-    p.add_argument("--trained-on", default=None,
-                   help="source the models were trained on (default: --data); when it differs, "
-                        "every slice of --data is a test slice")
+    cli.add_eval_args(p, "slice")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="trained models to score")
-    p.add_argument("--save-predictions", default=None, metavar="FILE.npz",
-                   help="write the best model's predicted T2 for every test slice")
     return p.parse_args(argv)
 
 
@@ -160,10 +155,7 @@ def main(args) -> dict:
     device = select_device(args.device)
     test_source = resolve_source(args.data)
     train_source = resolve_source(args.trained_on) if args.trained_on else test_source
-    external = train_source.tag != test_source.tag
-    run_dir = results_dir("q1", train_source, args.results_root)
-    out = (results_dir("q1", test_source, args.results_root) / f"trained-on-{train_source.tag}"
-           if external else run_dir)
+    run_dir, out, external = evaluation_dirs("q1", train_source, test_source, args.results_root)
     test_splits = load_mri(test_source)
     split, origin, row = test_split(test_splits, external)
     data = to_device(split, device)

@@ -9,7 +9,6 @@ results/q1/<source>/<model>/: checkpoint.pt (every epoch, atomically), history.c
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from types import SimpleNamespace
 
@@ -17,16 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from common import cli
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, restore, save_checkpoint
 from common.ema import ModelEMA
 from common.io import write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runtime import (
-    autocast,
-    autocast_dtype,
     configure_threads,
     grad_scaler,
+    precision,
     rng_state,
     seed_everything,
     select_device,
@@ -137,19 +135,14 @@ def setup(args) -> SimpleNamespace:
         print(f"notice: nothing to resume in {r.out}; starting from scratch")
     elif args.resume:
         ck = load_checkpoint(r.out / "checkpoint.pt", r.device)
-        r.model.load_state_dict(ck["model"])
-        r.ema.load_state_dict(ck["ema"])
-        r.opt.load_state_dict(ck["optimizer"])
-        r.scaler.load_state_dict(ck["scaler"])
+        restore(ck, r.model, r.ema, r.opt, r.scaler)
         if r.disc:
             r.disc.load_state_dict(ck["disc"])
             r.opt_d.load_state_dict(ck["disc_optimizer"])
         set_rng_state(r.gen, ck["rng"])
         r.start_epoch, r.history, r.best = ck["epoch"], ck["history"], ck["best_metric"]
     r.step_model = torch.compile(r.model) if args.compile else r.model
-    dtype = autocast_dtype(r.device) if args.precision == "auto" else None
-    r.precision = str(dtype).replace("torch.", "") if dtype else "fp32"
-    r.amp = (lambda: autocast(r.device)) if dtype else contextlib.nullcontext
+    r.amp, r.precision = precision(r.device, enabled=args.precision == "auto")
     return r
 
 

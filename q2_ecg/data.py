@@ -19,8 +19,7 @@ from common.datasource import (
     DataSource,
     DataSourceError,
     cache_dir,
-    hub_reachable,
-    hub_unavailable_message,
+    require_hub,
     resolve,
 )
 
@@ -166,9 +165,7 @@ def _load_rows(source: DataSource):
 
     datasets.disable_progress_bars()
     if source.kind == "hub":
-        ok, reason = hub_reachable()
-        if not ok:
-            raise DataSourceError(hub_unavailable_message(REPO_ID, reason))
+        require_hub(REPO_ID)
         from huggingface_hub import hf_hub_download
         mapping = hf_hub_download(REPO_ID, "class_mapping.json", repo_type="dataset")
         _check_mapping(json.loads(Path(mapping).read_text()))

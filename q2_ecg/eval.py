@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from common import cli
 from common.io import read_csv, read_json, write_json
-from common.results import provenance, results_dir
+from common.results import evaluation_dirs, provenance
 from common.runtime import configure_threads, select_device
 from common.stats import bootstrap_additive, patient_bootstrap
 from q2_ecg.beats import RR_NAMES, build_table, table_to_device
@@ -177,12 +177,7 @@ def baselines(ctx: Context, split: np.ndarray) -> tuple[dict, dict]:
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_run_args(p)
-    p.add_argument("--trained-on", default=None,
-                   help="source the models were trained on (default: --data); when it differs, "
-                        "every scored beat of --data is a test beat")
-    p.add_argument("--save-predictions", default=None, metavar="FILE.npz",
-                   help="write the chosen model's prediction for every scored test beat")
+    cli.add_eval_args(p, "beat")
     return p.parse_args(argv)
 
 
@@ -193,10 +188,8 @@ def main(args) -> dict:
     device = select_device(args.device)
     test_source = resolve_source(args.data)
     train_source = resolve_source(args.trained_on) if args.trained_on else test_source
-    external = train_source.tag != test_source.tag
-    run_root = results_dir("q2", train_source, args.results_root)
-    out_dir = (results_dir("q2", test_source, args.results_root) / f"trained-on-{train_source.tag}"
-               if external else run_root)
+    run_root, out_dir, external = evaluation_dirs("q2", train_source, test_source,
+                                                  args.results_root)
     ctx = Context(train_source, device)
     test_ctx = Context(test_source, device) if external else None
     runs = {f.name: f for f in sorted(run_root.iterdir()) if (f / "best.pt").exists()}

@@ -55,3 +55,14 @@ def q2_results(tmp_path_factory):
         train.train(train.parse_args(Q2_TINY + ["--model", model, "--split", split,
                                                 "--results-root", str(root)]))
     return root
+
+
+def interrupt_after_first_epoch(monkeypatch, train_module) -> None:
+    """Make `train_module.save` raise KeyboardInterrupt right after writing epoch 1, like a kill."""
+    real_save = train_module.save
+
+    def save_then_die(r, args, epoch):
+        real_save(r, args, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "save", save_then_die)

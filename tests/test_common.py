@@ -119,14 +119,17 @@ def test_resolve_sources(tmp_path, capsys):
     assert "DEMO" in capsys.readouterr().err
 
 
-def test_hub_unreachable_fails_fast_with_a_clear_message(monkeypatch):
+@pytest.mark.parametrize("question", ["q1", "q2"])
+def test_hub_unreachable_fails_fast_with_a_clear_message(monkeypatch, question):
     from common.datasource import DataSource
     from q1_mri.data import load_mri
+    from q2_ecg.data import load_records
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # discard port: refused at once
+    load = {"q1": load_mri, "q2": load_records}[question]
     with pytest.raises(DataSourceError) as err:
-        load_mri(DataSource("hub", None, "hub"))
+        load(DataSource("hub", None, "hub"))
     message = str(err.value)
     assert "cannot reach the Hugging Face Hub" in message
     assert "DATA=demo" in message and "DATA=<folder>" in message

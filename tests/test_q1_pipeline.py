@@ -8,6 +8,7 @@ from common.io import read_csv, read_json
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
 from tests.conftest import Q1_TINY as TINY
+from tests.conftest import interrupt_after_first_epoch
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +27,11 @@ def test_training_writes_history_checkpoint_and_summary(trained):
 
 
 def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
-    real_save = q1_train.save
-
-    def save_then_die(r, args, epoch):
-        real_save(r, args, epoch)
-        if epoch == 1:
-            raise KeyboardInterrupt                     # killed right after epoch 1
-    monkeypatch.setattr(q1_train, "save", save_then_die)
+    interrupt_after_first_epoch(monkeypatch, q1_train)
     args = TINY + ["--model", "unet", "--results-root", str(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         q1_train.train(q1_train.parse_args(args))
-    monkeypatch.setattr(q1_train, "save", real_save)
+    monkeypatch.undo()
     q1_train.train(q1_train.parse_args(args + ["--resume"]))
     resumed = read_csv(tmp_path / "q1" / "demo" / "unet" / "history.csv")
     straight = read_csv(trained / "q1" / "demo" / "unet" / "history.csv")

@@ -8,6 +8,7 @@ from common.io import read_csv, read_json
 from q2_ecg import eval as q2_eval
 from q2_ecg import train as q2_train
 from tests.conftest import Q2_TINY as TINY
+from tests.conftest import interrupt_after_first_epoch
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +30,11 @@ def test_training_writes_history_and_summary(trained):
 
 
 def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
-    real_save = q2_train.save
-
-    def save_then_die(r, args, epoch):
-        real_save(r, args, epoch)
-        if epoch == 1:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(q2_train, "save", save_then_die)
+    interrupt_after_first_epoch(monkeypatch, q2_train)
     args = TINY + ["--model", "resnet", "--results-root", str(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         q2_train.train(q2_train.parse_args(args))
-    monkeypatch.setattr(q2_train, "save", real_save)
+    monkeypatch.undo()
     q2_train.train(q2_train.parse_args(args + ["--resume"]))
     resumed = read_csv(tmp_path / "q2" / "demo" / "resnet-patient" / "history.csv")
     straight = read_csv(trained / "q2" / "demo" / "resnet-patient" / "history.csv")
