@@ -144,7 +144,8 @@ def test_split(splits: dict[str, MRISplit], external: bool
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_eval_args(p, "slice")
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="trained models to score")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="run folders to score (default: every trained run, models first)")
     return p.parse_args(argv)
 
 
@@ -168,7 +169,9 @@ def main(args) -> dict:
     methods = {"identity": {"description": BASELINES["identity"]},
                "linear": {"description": BASELINES["linear"], "coef": list(coef)}}
     histories = {}
-    for name in args.models:
+    found = sorted(p.parent.name for p in run_dir.glob("*/checkpoint.pt"))
+    names = args.models or [m for m in MODELS if m in found] + [m for m in found if m not in MODELS]
+    for name in names:
         path = run_dir / name / "checkpoint.pt"
         if not path.exists():
             print(f"notice: no trained {name} in {run_dir}; skipping it")
@@ -176,7 +179,10 @@ def main(args) -> dict:
         model, ck = load_model(path, device)
         preds[name] = predict(model, data["t1"], device)
         summary = run_dir / name / "summary.json"
-        methods[name] = {"description": f"{name}, final EMA weights after {ck['epoch']} epochs",
+        adv = ck["config"].get("adv_weight", 0)
+        methods[name] = {"description": f"{ck['config']['model']}"
+                                        f"{f' + PatchGAN (weight {adv})' if adv else ''}, "
+                                        f"final EMA weights after {ck['epoch']} epochs",
                          "parameters": count_parameters(model), "epochs": ck["epoch"],
                          "model_args": ck["model_args"], "config": ck["config"],
                          **({k: read_json(summary)[k] for k in ("wall_time_s", "slices_per_s",

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="unet")
+    p.add_argument("--name", default=None,
+                   help="run folder under results/q1/<source>/ (default: the model's name)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
@@ -113,7 +115,7 @@ def setup(args) -> SimpleNamespace:
     configure_threads()
     r = SimpleNamespace(gen=seed_everything(args.seed), device=select_device(args.device))
     r.source = resolve_source(args.data)
-    r.out = results_dir("q1", r.source, args.results_root) / args.model
+    r.out = results_dir("q1", r.source, args.results_root) / (args.name or args.model)
     splits = load_mri(r.source)
     r.train = to_device(splits["train"], r.device, args.max_train_slices, r.gen)
     r.monitor = {s: to_device(splits[s], r.device, args.monitor_slices,

@@ -20,7 +20,7 @@ HEADINGS = {
     "q2": ["# Question 2", "## 2.A)", "### 1.", "### 2.", "### 3.", "### 4.", "## 2.B)",
            "## 2.C)"],
 }
-NUMBER = re.compile(r"(?<![\w.\-–])(\d+(?:\.\d+)?)(\s?%)?(?![\w\-]|\.\d)")
+NUMBER = re.compile(r"(?<![\w.\-])(\d+(?:\.\d+)?)(\s?%)?(?![\w\-]|\.\d)")
 
 
 def load(q: str) -> nbformat.NotebookNode:
