@@ -9,7 +9,7 @@ import numpy as np
 from common.plotting import save_figure
 from q1_mri.data import VIEWS, MRISplit
 
-CURVES = (("train_loss", "training loss (L1 + 1-SSIM)"), ("masked_ssim", "SSIM in brain"),
+CURVES = (("train_loss", "training loss (L1 + 1-SSIM, + GAN term)"), ("masked_ssim", "SSIM in brain"),
           ("masked_psnr", "PSNR in brain (dB)"), ("masked_mae", "MAE in brain"))
 
 
