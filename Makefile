@@ -43,11 +43,13 @@ test: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-## Q1: EDA (1.A), train the U-Net and the TransUNet, evaluate -> results/q1/<source>/
+## Q1: EDA (1.A), train the U-Net, the TransUNet(+GAN) and its no-GAN ablation, evaluate
 q1: setup
 	$(PYTHON) -m q1_mri.eda --data $(DATA)
 	$(PYTHON) -m q1_mri.train --data $(DATA) --model unet $(RESUME_FLAG) $(Q1_ARGS)
 	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet --adv-weight 0 \
+	  --name transunet-noadv $(RESUME_FLAG) $(Q1_ARGS)
 	$(PYTHON) -m q1_mri.eval --data $(DATA)
 
 ## Q2: EDA (2.A), every run in Q2_RUNS, evaluation -> results/q2/<source>/
