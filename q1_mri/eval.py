@@ -218,10 +218,11 @@ def main(args) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"\nQ1 on {result['test_set']} (normalisation: {result['normalisation']})")
-    print(f"{'method':<10} {'view':<9} {'SSIM(brain)':>12} {'PSNR(brain)':>12} {'MAE(brain)':>11}")
+    w = max(len("method"), *map(len, result["methods"]))
+    print(f"{'method':<{w}} {'view':<9} {'SSIM(brain)':>12} {'PSNR(brain)':>12} {'MAE(brain)':>11}")
     for m, r in result["methods"].items():
         for view, agg in [("all", r["overall"]), *r["per_view"].items()]:
-            print(f"{m:<10} {view:<9} {agg['masked_ssim']['mean']:>12.4f} "
+            print(f"{m:<{w}} {view:<9} {agg['masked_ssim']['mean']:>12.4f} "
                   f"{agg['masked_psnr']['mean']:>12.2f} {agg['masked_mae']['mean']:>11.4f}")
 
 

@@ -15,7 +15,7 @@ CURVES = (("train_loss", "training loss (L1 + 1-SSIM, + GAN term)"), ("masked_ss
 
 def plot_curves(histories: dict[str, list[dict]]) -> plt.Figure:
     """Loss and brain-masked metrics per epoch; solid = validation, dashed = training subset."""
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.6))
     for ax, (key, label) in zip(axes, CURVES):
         for i, (name, rows) in enumerate(histories.items()):
             epochs = [r["epoch"] for r in rows]
@@ -28,7 +28,8 @@ def plot_curves(histories: dict[str, list[dict]]) -> plt.Figure:
                 ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color, ls="--",
                         label=f"{name} train")
         ax.set(xlabel="epoch", ylabel=label, title=label)
-    axes[1].legend()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6))
     return fig
 
 
@@ -79,7 +80,7 @@ def plot_view_bars(methods: dict) -> plt.Figure:
     metrics = (("masked_ssim", "SSIM in brain"), ("masked_psnr", "PSNR in brain (dB)"),
                ("masked_mae", "MAE in brain"))
     groups = ["all"] + [v for v in VIEWS if v in next(iter(methods.values()))["per_view"]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     width = 0.8 / len(methods)
     for ax, (key, label) in zip(axes, metrics):
         for k, (name, m) in enumerate(methods.items()):
@@ -92,7 +93,7 @@ def plot_view_bars(methods: dict) -> plt.Figure:
                    label=name)
         ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2, groups)
         ax.set(title=label, ylabel=label, xlabel="view")
-    axes[0].legend(loc="lower left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(methods))
     return fig
 
 
