@@ -82,6 +82,16 @@ def load_model(path, device) -> tuple[torch.nn.Module, dict]:
 
 # ---------------------------------------------------------------- aggregation
 
+def monitor_summary(history: list[dict]) -> dict:
+    """Last epoch's training-subset SSIM and the validation peak, to show overfitting; the peak
+    is reported, never used to pick weights."""
+    peak = max(history, key=lambda r: r["validation_masked_ssim"])
+    return {"final_train_masked_ssim": history[-1]["train_masked_ssim"],
+            "final_validation_masked_ssim": history[-1]["validation_masked_ssim"],
+            "peak_validation_masked_ssim": peak["validation_masked_ssim"],
+            "peak_epoch": int(peak["epoch"])}
+
+
 def per_slice_scores(gt, pred, mask) -> dict[str, np.ndarray]:
     """Every metric per slice, plus the pixel and SSIM-window counts used for pooling. (N,) each."""
     scores = {k: v.cpu().numpy().astype(np.float64)
@@ -189,6 +199,7 @@ def main(args) -> dict:
                                                                  "device", "precision")}
                             if summary.exists() else {})}
         histories[name] = read_csv(run_dir / name / "history.csv")
+        methods[name]["monitor"] = monitor_summary(histories[name])
 
     scores = {m: per_slice_scores(gt, p, mask) for m, p in preds.items()}
     for m in methods:
@@ -199,6 +210,9 @@ def main(args) -> dict:
               "data_range": DATA_RANGE,
               "test_set": (f"all {len(split)} slices of {test_source.label}" if external
                            else f"validation split of {test_source.label}"),
+              "train_slices": len(test_splits["train"]) if not external else 0,
+              "train_patients": (int(len(np.unique(test_splits["train"].patient_id)))
+                                 if not external else 0),
               "test_slices": len(split), "test_patients": int(len(np.unique(split.patient_id))),
               "patients_in_train_and_test": shared_patients(test_splits) if not external else [],
               "protocol": __doc__.split("Protocol: ")[1].strip(), "best_method": best,

@@ -37,6 +37,16 @@ def models_table(metrics: dict) -> Markdown:
                   "what it is"], rows)
 
 
+def overfitting_table(metrics: dict) -> Markdown:
+    """Brain SSIM on the training and validation monitor subsets at the last epoch, and the
+    validation peak (reported only; the final weights are what gets evaluated)."""
+    rows = [[name, m["monitor"]["final_train_masked_ssim"], m["monitor"]["final_validation_masked_ssim"],
+             f"{m['monitor']['peak_validation_masked_ssim']:.3f} (epoch {m['monitor']['peak_epoch']})"]
+            for name, m in metrics["methods"].items() if "monitor" in m]
+    return table(["model", "train SSIM, last epoch", "validation SSIM, last epoch",
+                  "validation SSIM, best epoch"], rows)
+
+
 def metrics_table(metrics: dict, masked: bool = True) -> Markdown:
     """Mean of per-slice values (95 % patient-bootstrap interval), overall and per view."""
     keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr", "mae")]
