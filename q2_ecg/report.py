@@ -74,7 +74,8 @@ def database_table(metrics: dict) -> Markdown:
 
 def comparison_table(per_model: dict, settings_name: str) -> Markdown:
     """Rows: model x setting (e.g. split or held-out database); columns: headline metrics."""
-    keys = ("SVEB_f1", "VEB_f1", "abnormal_f1", "abnormal_se", "abnormal_ppv", "auroc")
-    rows = [[model, setting] + [v.get(k) for k in keys]
+    columns = {"SVEB_f1": "SVEB F1", "VEB_f1": "VEB F1", "abnormal_f1": "abnormal F1",
+               "abnormal_se": "abnormal Se", "abnormal_ppv": "abnormal +P", "auroc": "AUROC"}
+    rows = [[model, setting] + [v.get(k) for k in columns]
             for model, per in per_model.items() for setting, v in per.items()]
-    return table(["model", settings_name] + [k.replace("_", " ") for k in keys], rows)
+    return table(["model", settings_name] + list(columns.values()), rows)
