@@ -63,6 +63,9 @@ class TransformerBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if h * w != self.pos.shape[1]:
+            raise ValueError(f"the transformer bottleneck was built for {self.pos.shape[1]} "
+                             f"positions, got a {h}x{w} feature map: set image_size to the input size")
         tokens = x.flatten(2).transpose(1, 2) + self.pos            # (N, h*w, C)
         tokens = self.out_norm(self.encoder(tokens))
         return x + tokens.transpose(1, 2).reshape(n, c, h, w)        # residual around the block
