@@ -66,7 +66,7 @@ q2: setup
 demo: demo-q1 demo-q2
 
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 6 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
 
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 3 --beats-per-epoch 3000 --channels 16 16 32 $(Q2_ARGS)"
