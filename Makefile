@@ -3,6 +3,9 @@
 
 PYTHON   ?= .venv/bin/python
 DATA     ?= auto
+# per-question sources (a local folder holds one question's data), both default to DATA
+Q1_DATA  ?= $(DATA)
+Q2_DATA  ?= $(DATA)
 # torch requirement: PyPI's Linux wheel is the CUDA build. CI sets TORCH=torch==2.13.0+cpu.
 TORCH    ?= torch==2.13.0
 # extra flags for the training scripts, e.g. Q1_ARGS="--epochs 10"
@@ -23,7 +26,7 @@ Q2_RUNS  ?= resnet:patient context:patient segment:patient autoencoder:patient \
 ## List the targets
 help:
 	@awk '/^## /{d=substr($$0,4); next} /^[a-z0-9-]+:/{if(d){split($$1,t,":"); printf "  make %-10s %s\n", t[1], d}; d=""}' $(MAKEFILE_LIST)
-	@echo "  variables: DATA=$(DATA) TORCH=$(TORCH) RESUME=$(RESUME) Q1_ARGS Q2_ARGS"
+	@echo "  variables: DATA=$(DATA) (or Q1_DATA, Q2_DATA) TORCH=$(TORCH) RESUME=$(RESUME) Q1_ARGS Q2_ARGS"
 
 ## Create .venv and install the pinned requirements (torch from TORCH)
 setup: .venv/.installed
@@ -45,22 +48,22 @@ lint: setup
 
 ## Q1: EDA (1.A), train the U-Net, the TransUNet(+GAN) and its no-GAN ablation, evaluate
 q1: setup
-	$(PYTHON) -m q1_mri.eda --data $(DATA)
-	$(PYTHON) -m q1_mri.train --data $(DATA) --model unet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data $(DATA) --model transunet --adv-weight 0 \
+	$(PYTHON) -m q1_mri.eda --data $(Q1_DATA)
+	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model unet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model transunet --adv-weight 0 \
 	  --name transunet-noadv $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.eval --data $(DATA)
+	$(PYTHON) -m q1_mri.eval --data $(Q1_DATA)
 
 ## Q2: EDA (2.A), every run in Q2_RUNS, evaluation -> results/q2/<source>/
 q2: setup
-	$(PYTHON) -m q2_ecg.eda --data $(DATA)
+	$(PYTHON) -m q2_ecg.eda --data $(Q2_DATA)
 	@for run in $(Q2_RUNS); do \
 	  echo "== q2 $$run"; \
-	  $(PYTHON) -m q2_ecg.train --data $(DATA) --model $${run%%:*} --split $${run#*:} \
+	  $(PYTHON) -m q2_ecg.train --data $(Q2_DATA) --model $${run%%:*} --split $${run#*:} \
 	    $(RESUME_FLAG) $(Q2_ARGS) || exit 1; \
 	done
-	$(PYTHON) -m q2_ecg.eval --data $(DATA)
+	$(PYTHON) -m q2_ecg.eval --data $(Q2_DATA)
 
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
 demo: demo-q1 demo-q2
@@ -73,12 +76,13 @@ demo-q2: setup
 
 ## Execute both notebooks in place on the results of DATA (default: best source with results)
 notebooks: setup
-	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(DATA)),--data $(DATA),)
+	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data $(Q1_DATA),) \
+	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data $(Q2_DATA),)
 
 ## Throughput: device-resident training vs a per-item datasets + DataLoader path
 bench: setup
-	$(PYTHON) -m q1_mri.bench --data $(DATA)
-	$(PYTHON) -m q2_ecg.bench --data $(DATA)
+	$(PYTHON) -m q1_mri.bench --data $(Q1_DATA)
+	$(PYTHON) -m q2_ecg.bench --data $(Q2_DATA)
 
 ## Remove demo results and the data cache (real results and checkpoints are kept)
 clean:

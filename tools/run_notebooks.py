@@ -1,6 +1,7 @@
 """Execute Assessment_Q1.ipynb and Assessment_Q2.ipynb in place with a real kernel.
 
-    python tools/run_notebooks.py [--data SPEC] [--results-root DIR] [--out-dir DIR]
+    python tools/run_notebooks.py [--data SPEC | --q1-data SPEC --q2-data SPEC]
+                                  [--results-root DIR] [--out-dir DIR]
 
 The notebooks explore the data live (from the cache) and show the results already in
 results/<question>/<source>/; they never train. Fails (exit 1) if any cell raises.
@@ -17,7 +18,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("Assessment_Q1.ipynb", "Assessment_Q2.ipynb")
+NOTEBOOKS = {"q1": "Assessment_Q1.ipynb", "q2": "Assessment_Q2.ipynb"}
 
 
 def execute(path: Path, out: Path, timeout_s: int) -> None:
@@ -32,18 +33,24 @@ def execute(path: Path, out: Path, timeout_s: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="data spec shown (default: best with results)")
+    p.add_argument("--data", default=None, help="data spec of both notebooks (default: the best "
+                   "source with results)")
+    p.add_argument("--q1-data", default=None, help="data spec of the Q1 notebook only")
+    p.add_argument("--q2-data", default=None, help="data spec of the Q2 notebook only")
     p.add_argument("--results-root", default=None, help="folder holding results/<question>/")
     p.add_argument("--out-dir", default=str(ROOT), help="where the executed notebooks go")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = p.parse_args()
-    if args.data:
-        os.environ["NOTEBOOK_DATA"] = args.data
     if args.results_root:
         os.environ["RESULTS_ROOT"] = str(Path(args.results_root).resolve())
     os.environ.setdefault("NO_PROGRESS", "1")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    for name in NOTEBOOKS:
+    for q, name in NOTEBOOKS.items():
+        spec = getattr(args, f"{q}_data") or args.data
+        if spec:                          # read by common.report.choose_source in the kernel
+            os.environ["NOTEBOOK_DATA"] = spec
+        else:
+            os.environ.pop("NOTEBOOK_DATA", None)
         try:
             execute(ROOT / name, Path(args.out_dir) / name, args.timeout)
         except CellExecutionError as e:
