@@ -22,7 +22,8 @@ def choose_source(question: str, spec: str | None = None) -> tuple[str, Path]:
     """The data spec to explore and the results folder to show.
 
     `spec` (or $NOTEBOOK_DATA) names a source as for --data; without one, the best source whose
-    results exist is used: the Hub first, then local folders, then the demo data.
+    results exist is used: the Hub first, then local folders that are present on this machine
+    (the live EDA reads them), then the demo data.
     Returns (data spec for --data, results/<question>/<tag>/).
     """
     spec = spec or os.environ.get("NOTEBOOK_DATA")
@@ -33,9 +34,13 @@ def choose_source(question: str, spec: str | None = None) -> tuple[str, Path]:
         return spec, root / source.tag
     found = sorted(p.parent.name for p in root.glob("*/metrics.json"))
     for tag in ["hub"] + [t for t in found if t.startswith("local-")] + ["demo"]:
-        if tag in found:
-            data_path = read_json(root / tag / "metrics.json").get("data_path")
-            return (data_path if tag.startswith("local-") else tag), root / tag
+        if tag not in found:
+            continue
+        if not tag.startswith("local-"):
+            return tag, root / tag
+        data_path = read_json(root / tag / "metrics.json").get("data_path")
+        if data_path and Path(data_path).exists():
+            return data_path, root / tag
     raise FileNotFoundError(f"no results under {root}: run `make {question}` (or `make demo`) first")
 
 

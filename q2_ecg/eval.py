@@ -28,7 +28,7 @@ from q2_ecg.metrics import confusion, ranking_metrics, summary_from_confusion, t
 from q2_ecg.predict import predict
 from q2_ecg.train import make_split
 
-CLASSIFIERS = ("resnet", "context", "segment")
+SOLUTIONS = ("resnet", "context")  # the candidates for --save-predictions; the rest are ablations
 DESCRIPTIONS = {
     "resnet": "1-D ResNet on a 2 s R-centred window and its record's median beat, + 8 RR features",
     "context": "the same beat encoder, then a transformer over 32 neighbouring beats",
@@ -215,7 +215,7 @@ def main(args) -> dict:
         for k, v in base.items():
             models[f"{k}-patient"] = {**v, "description": DESCRIPTIONS[k], "split": "patient"}
         preds.update({f"{k}-patient": v for k, v in base_preds.items()})
-    chosen = max((n for n in patient_runs if not n.startswith("autoencoder")),
+    chosen = max((n for n in patient_runs if n.split("-")[0] in SOLUTIONS),
                  key=lambda n: max(h["score"] for h in histories[n]), default=None)
     result = {**provenance(test_source, device, seed), "trained_on": train_source.tag,
               "protocol": __doc__.split("Protocol: ")[1].strip(),

@@ -119,6 +119,21 @@ def test_resolve_sources(tmp_path, capsys):
     assert "DEMO" in capsys.readouterr().err
 
 
+def test_notebooks_show_local_results_only_where_their_data_is(tmp_path, monkeypatch):
+    from common.report import choose_source
+
+    monkeypatch.setenv("RESULTS_ROOT", str(tmp_path))
+    monkeypatch.delenv("NOTEBOOK_DATA", raising=False)
+    data = tmp_path / "mri"
+    data.mkdir()
+    for tag, path in (("demo", None), ("local-mri", str(data))):
+        write_json(tmp_path / "q1" / tag / "metrics.json", {"data_path": path})
+    assert choose_source("q1") == (str(data), tmp_path / "q1" / "local-mri")
+    data.rmdir()                                   # a clone without the data: fall back to demo
+    assert choose_source("q1") == ("demo", tmp_path / "q1" / "demo")
+    assert choose_source("q1", "demo")[1] == tmp_path / "q1" / "demo"
+
+
 @pytest.mark.parametrize("question", ["q1", "q2"])
 def test_hub_unreachable_fails_fast_with_a_clear_message(monkeypatch, question):
     from common.datasource import DataSource
