@@ -14,7 +14,9 @@ from q2_ecg.data import ECGRecords
 
 SPLITS = ("train", "val", "test")
 FOLDS = 7                                   # test = 1 fold, val = 1 fold, train = 5 folds (~70 %)
-SAME_PERSON = {"202": "201"}                # mitdb 201 and 202 were recorded from one patient
+# mitdb 201 and 202 were recorded from one patient. INCART's 75 records come from 32 subjects,
+# but the schema carries no subject id, so its records are grouped as if each were a person.
+SAME_PERSON = {"202": "201"}
 DATABASES = ("mitdb_npy", "svdb_npy", "incartdb_npy")
 
 
