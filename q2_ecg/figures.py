@@ -11,6 +11,7 @@ from common.plotting import save_figure
 from q2_ecg.beats import HALF_WINDOW
 from q2_ecg.data import SAMPLING_RATE
 from q2_ecg.metrics import CLASSES
+from q2_ecg.metrics import label as metric_label
 
 CURVES = (("train_loss", "training loss"), ("val_abnormal_macro_f1", "mean F1 of SVEB and VEB"),
           ("val_normal_f1", "F1 normal (class 0)"), ("val_abnormal_f1", "F1 abnormal (classes 1-2)"),
@@ -102,7 +103,7 @@ def plot_grouped(table: dict[str, dict[str, dict]], keys: tuple[str, ...], title
                 ax.bar(np.arange(len(keys)) + k * width, [per[setting].get(key, np.nan)
                                                           for key in keys], width, label=setting)
         ax.set_xticks(np.arange(len(keys)) + width * (len(settings) - 1) / 2,
-                      [k.replace("_", " ") for k in keys], rotation=30, ha="right")
+                      [metric_label(k) for k in keys], rotation=30, ha="right")
         ax.set(ylim=(0, 1.05), ylabel="test value", title=f"{model}: {title}")
         ax.legend(fontsize=7)
     return fig

@@ -11,6 +11,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 CLASSES = ("NOR", "SVEB", "VEB")
 GROUPS = {"normal": (0,), "abnormal": (1, 2)}     # the brief's two views of every metric
+ABBREVIATIONS = {"se": "Se", "ppv": "+P", "f1": "F1", "sp": "Sp", "auroc": "AUROC",
+                 "auprc": "AUPRC"}
+
+
+def label(key: str) -> str:
+    """'abnormal_ppv' -> 'abnormal +P', 'auroc' -> 'AUROC': metric keys as people write them."""
+    return " ".join(ABBREVIATIONS.get(part, part) for part in key.split("_"))
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = 3) -> np.ndarray:

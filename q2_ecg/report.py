@@ -6,6 +6,7 @@ from IPython.display import Markdown
 
 from common.report import table, with_ci
 from q2_ecg.data import CLASS_MAPPING, keep_by_length
+from q2_ecg.metrics import label
 
 METRIC_NAMES = {"se": "Se (recall)", "ppv": "+P (precision)", "f1": "F1", "sp": "Sp"}
 
@@ -74,8 +75,7 @@ def database_table(metrics: dict) -> Markdown:
 
 def comparison_table(per_model: dict, settings_name: str) -> Markdown:
     """Rows: model x setting (e.g. split or held-out database); columns: headline metrics."""
-    columns = {"SVEB_f1": "SVEB F1", "VEB_f1": "VEB F1", "abnormal_f1": "abnormal F1",
-               "abnormal_se": "abnormal Se", "abnormal_ppv": "abnormal +P", "auroc": "AUROC"}
-    rows = [[model, setting] + [v.get(k) for k in columns]
+    keys = ("SVEB_f1", "VEB_f1", "abnormal_f1", "abnormal_se", "abnormal_ppv", "auroc")
+    rows = [[model, setting] + [v.get(k) for k in keys]
             for model, per in per_model.items() for setting, v in per.items()]
-    return table(["model", settings_name] + list(columns.values()), rows)
+    return table(["model", settings_name] + [label(k) for k in keys], rows)
