@@ -7,6 +7,7 @@ Writes figures/eda_*.png and eda_stats.json to results/q1/<source>/.
 from __future__ import annotations
 
 import sys
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -57,11 +58,12 @@ def plot_pairs(t1: np.ndarray, t2: np.ndarray, split: MRISplit, picks: dict[str,
                 ax.imshow(img, vmin=0, vmax=max(np.percentile(img, PERCENTILE), 1e-6))
                 ax.set_xticks([]), ax.set_yticks([])
                 if r == 0:
-                    ax.set_title(f"{split.patient_id[i][:14]}\nrow {i}", fontsize=6)
+                    ax.set_title("\n".join(textwrap.wrap(str(split.patient_id[i]), 16))
+                                 + f"\nrow {i}", fontsize=6)
                 if j == 0:
                     ax.set_ylabel(f"{view}\n{name}", fontsize=8)
-    fig.text(0.5, 0.005, f"display: 0 to each slice's p{PERCENTILE} ({unit})", ha="center",
-             fontsize=7)
+    fig.supxlabel(f"each image displayed from 0 to its own {PERCENTILE}th percentile ({unit})",
+                  fontsize=8)
     return fig
 
 
