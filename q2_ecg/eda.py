@@ -56,6 +56,36 @@ def pick_excerpts(records: ECGRecords) -> list[tuple[int, int]]:
     return chosen[:N_PATIENTS]
 
 
+def annotation_offsets(records: ECGRecords, half_window_s: float = 0.1) -> np.ndarray:
+    """(B,) float, one per annotation: the signed offset in samples from the annotation to the
+    largest deflection (|x - window median|) within ±`half_window_s`; NaN where that window
+    leaves the record. Zero when annotations sit on the QRS peak, as the template assumes."""
+    w = int(round(half_window_s * SAMPLING_RATE))
+    offsets = []
+    for r in range(len(records)):
+        signal, locs, _ = records.record(r)
+        inside = (locs >= w) & (locs < len(signal) - w)
+        windows = signal[locs[inside, None] + np.arange(-w, w + 1)]
+        windows = np.abs(windows - np.median(windows, axis=1, keepdims=True))
+        offset = np.full(len(locs), np.nan)
+        offset[inside] = windows.argmax(axis=1) - w
+        offsets.append(offset)
+    return np.concatenate(offsets)
+
+
+def alignment_stats(records: ECGRecords, tolerance: int = 2) -> dict[str, dict]:
+    """Per database: how far annotations sit from the QRS peak (see `annotation_offsets`)."""
+    offsets = np.abs(annotation_offsets(records))
+    db = records.source_db[records.beat_record]
+    stats = {}
+    for d in np.unique(db):
+        o = offsets[(db == d) & ~np.isnan(offsets)]
+        stats[str(d)] = {"annotations": len(o),
+                         "median_abs_offset_ms": float(np.median(o) * 1000 / SAMPLING_RATE),
+                         f"within_{tolerance}_samples": float(np.mean(o <= tolerance))}
+    return stats
+
+
 def plot_excerpts(records: ECGRecords, excerpts: list[tuple[int, int]]) -> plt.Figure:
     """One row per patient: N_BEATS consecutive beats, every beat marked, non-normal ones named."""
     fig, axes = plt.subplots(len(excerpts), 1, figsize=(13, 2.1 * len(excerpts)))
@@ -130,7 +160,8 @@ def main() -> None:
              "dropped_longer": int((lengths > MAX_BEAT).sum()),
              "kept_without_unk": int((keep & (labels != 3)).sum()),
              "mean_length": float(lengths.mean()), "first_segment_length": int(lengths[0]),
-             "filter": f"{MIN_BEAT} <= length <= {MAX_BEAT} samples"}
+             "filter": f"{MIN_BEAT} <= length <= {MAX_BEAT} samples",
+             "annotation_alignment": alignment_stats(records)}
     write_json(out / "eda_stats.json", stats)
     print(f"2.A: {stats['beats']:,} beats, {stats['kept']:,} kept by the length filter "
           f"({stats['kept_without_unk']:,} without UNK); figures in {out / 'figures'}")

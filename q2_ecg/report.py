@@ -19,6 +19,15 @@ def filter_table(labels: np.ndarray, lengths: np.ndarray) -> Markdown:
     return table(["class", "segments", "kept (32..256 samples)", "dropped"], rows)
 
 
+def alignment_table(eda_stats: dict) -> Markdown:
+    """Per database: distance from annotation to QRS peak, from eda_stats.json."""
+    rows = [[db, v["annotations"], f"{v['median_abs_offset_ms']:.1f}",
+             f"{100 * v['within_2_samples']:.0f} %"]
+            for db, v in eda_stats["annotation_alignment"].items()]
+    return table(["database", "annotations", "median distance to the peak (ms)",
+                  "within 2 samples (16 ms)"], rows)
+
+
 def split_table(split_counts: dict) -> Markdown:
     return table(["split", "patients", "beats", "NOR", "SVEB", "VEB"],
                  [[s, *c.values()] for s, c in split_counts.items()])

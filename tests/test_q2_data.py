@@ -109,3 +109,21 @@ def test_real_records_follow_the_template_counts():
     keep = keep_by_length(lengths)
     assert len(labels) == 411_504
     assert np.bincount(labels[keep]).tolist() == [361_566, 15_251, 34_392, 89]
+
+
+def test_annotation_offsets_from_the_qrs_peak():
+    from q2_ecg.data import ECGRecords
+    from q2_ecg.eda import alignment_stats, annotation_offsets
+
+    peaks = np.arange(100, 1000, 100)
+    signal = np.zeros(1000, np.float32)
+    signal[peaks] = 1.0
+    on_peak = _record("on", signal=signal, locs=peaks, labels=np.zeros(len(peaks), int))
+    early = _record("early", source_db="svdb_npy", signal=signal, locs=peaks - 3,
+                    labels=np.zeros(len(peaks), int))
+    rec = ECGRecords(**assemble([on_peak, early]))
+    assert annotation_offsets(rec).tolist() == [0] * len(peaks) + [3] * len(peaks)
+    stats = alignment_stats(rec)
+    assert stats["mitdb_npy"]["median_abs_offset_ms"] == 0 and stats["mitdb_npy"]["within_2_samples"] == 1
+    assert stats["svdb_npy"]["median_abs_offset_ms"] == pytest.approx(3 * 1000 / 128)
+    assert stats["svdb_npy"]["within_2_samples"] == 0
