@@ -74,7 +74,7 @@ demo-q1: setup
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 3 --beats-per-epoch 3000 --channels 16 16 32 $(Q2_ARGS)"
 
-## Execute both notebooks in place on the results of DATA (default: best source with results)
+## Execute both notebooks in place on the results of Q1_DATA/Q2_DATA (default: best source with results)
 notebooks: setup
 	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data $(Q1_DATA),) \
 	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data $(Q2_DATA),)
