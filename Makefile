@@ -72,7 +72,7 @@ demo-q1: setup
 	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
 
 demo-q2: setup
-	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 3 --beats-per-epoch 3000 --channels 16 16 32 $(Q2_ARGS)"
+	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 4 --beats-per-epoch 5000 --channels 16 16 32 $(Q2_ARGS)"
 
 ## Execute both notebooks in place on the results of Q1_DATA/Q2_DATA (default: best source with results)
 notebooks: setup
