@@ -171,7 +171,8 @@ def main(args) -> dict:
     split, origin, row = test_split(test_splits, external)
     data = to_device(split, device)
     gt, mask = data["t2"].float(), data["mask"]
-    train_data = to_device(load_mri(train_source)["train"], device)
+    train_split = load_mri(train_source)["train"] if external else test_splits["train"]
+    train_data = to_device(train_split, device)
     coef = fit_linear(train_data["t1"].float(), train_data["t2"].float(), train_data["mask"])
     del train_data
 
@@ -210,9 +211,8 @@ def main(args) -> dict:
               "data_range": DATA_RANGE,
               "test_set": (f"all {len(split)} slices of {test_source.label}" if external
                            else f"validation split of {test_source.label}"),
-              "train_slices": len(test_splits["train"]) if not external else 0,
-              "train_patients": (int(len(np.unique(test_splits["train"].patient_id)))
-                                 if not external else 0),
+              "train_slices": len(train_split),
+              "train_patients": int(len(np.unique(train_split.patient_id))),
               "test_slices": len(split), "test_patients": int(len(np.unique(split.patient_id))),
               "patients_in_train_and_test": shared_patients(test_splits) if not external else [],
               "protocol": __doc__.split("Protocol: ")[1].strip(), "best_method": best,
