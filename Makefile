@@ -14,14 +14,17 @@ Q2_ARGS  ?=
 # RESUME=1 continues killed runs from their last checkpoint (finished runs are kept as they are)
 RESUME   ?=
 RESUME_FLAG := $(if $(RESUME),--resume,)
-# Q2 training runs, model:split; LODO = leave one database out, beat = the leaky split
-Q2_RUNS  ?= resnet:patient context:patient segment:patient autoencoder:patient \
-            resnet:beat context:beat \
-            resnet:lodo-mitdb context:lodo-mitdb resnet:lodo-svdb context:lodo-svdb \
-            resnet:lodo-incartdb context:lodo-incartdb
+# Q2 protocol: Q2_MODELS x Q2_FOLDS-fold cross-validation x SEEDS seeds (0..SEEDS-1), then
+# leave one database out and the leaky beat split (seed 0) for contrast
+Q2_MODELS ?= resnet context
+Q2_FOLDS  ?= 5
+SEEDS     ?= 1
+Q2_LODO   ?= mitdb svdb incartdb
+Q2_LEAKY  ?= resnet
+SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q2 demo demo-q1 demo-q2 bench notebooks clean
+.PHONY: help setup test lint q1 q2 q2-final demo demo-q1 demo-q2 bench notebooks clean
 
 ## List the targets
 help:
@@ -48,22 +51,38 @@ lint: setup
 
 ## Q1: EDA (1.A), train the U-Net, the TransUNet(+GAN) and its no-GAN ablation, evaluate
 q1: setup
-	$(PYTHON) -m q1_mri.eda --data $(Q1_DATA)
-	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model unet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model transunet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data $(Q1_DATA) --model transunet --adv-weight 0 \
+	$(PYTHON) -m q1_mri.eda --data "$(Q1_DATA)"
+	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model unet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model transunet $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model transunet --adv-weight 0 \
 	  --name transunet-noadv $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.eval --data $(Q1_DATA)
+	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
 
-## Q2: EDA (2.A), every run in Q2_RUNS, evaluation -> results/q2/<source>/
+## Q2: EDA (2.A), k-fold cross-validation of Q2_MODELS over SEEDS seeds, LODO, baselines, evaluation
 q2: setup
-	$(PYTHON) -m q2_ecg.eda --data $(Q2_DATA)
-	@for run in $(Q2_RUNS); do \
-	  echo "== q2 $$run"; \
-	  $(PYTHON) -m q2_ecg.train --data $(Q2_DATA) --model $${run%%:*} --split $${run#*:} \
-	    $(RESUME_FLAG) $(Q2_ARGS) || exit 1; \
+	$(PYTHON) -m q2_ecg.eda --data "$(Q2_DATA)"
+	@set -e; for seed in $(SEED_LIST); do \
+	  $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split kfold --folds $(Q2_FOLDS) --seed $$seed; \
+	  for model in $(Q2_MODELS); do for fold in $$(seq 0 $$(($(Q2_FOLDS) - 1))); do \
+	    echo "== q2 $$model kfold fold $$fold seed $$seed"; \
+	    $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split kfold \
+	      --folds $(Q2_FOLDS) --fold $$fold --seed $$seed $(RESUME_FLAG) $(Q2_ARGS); \
+	  done; done; \
 	done
-	$(PYTHON) -m q2_ecg.eval --data $(Q2_DATA)
+	@set -e; $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split lodo; \
+	for model in $(Q2_MODELS); do for db in $(Q2_LODO); do \
+	  echo "== q2 $$model leave out $$db"; \
+	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split lodo --fold $$db \
+	    $(RESUME_FLAG) $(Q2_ARGS); \
+	done; done; \
+	for model in $(Q2_LEAKY); do \
+	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split beat $(RESUME_FLAG) $(Q2_ARGS); \
+	done
+	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
+
+## Q2: the deployable model, trained on every record with the settings the cross-validation chose
+q2-final: setup
+	$(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --split all --from-cv $(Q2_ARGS)
 
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
 demo: demo-q1 demo-q2
@@ -72,17 +91,18 @@ demo-q1: setup
 	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
 
 demo-q2: setup
-	$(MAKE) q2 DATA=demo Q2_ARGS="--epochs 4 --beats-per-epoch 5000 --channels 16 16 32 $(Q2_ARGS)"
+	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \
+	  Q2_ARGS="--epochs 4 --beats-per-epoch 5000 --channels 16 16 32 $(Q2_ARGS)"
 
 ## Execute both notebooks in place on the results of Q1_DATA/Q2_DATA (default: best source with results)
 notebooks: setup
-	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data $(Q1_DATA),) \
-	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data $(Q2_DATA),)
+	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data "$(Q1_DATA)",) \
+	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data "$(Q2_DATA)",)
 
 ## Throughput: device-resident training vs a per-item datasets + DataLoader path
 bench: setup
-	$(PYTHON) -m q1_mri.bench --data $(Q1_DATA)
-	$(PYTHON) -m q2_ecg.bench --data $(Q2_DATA)
+	$(PYTHON) -m q1_mri.bench --data "$(Q1_DATA)"
+	$(PYTHON) -m q2_ecg.bench --data "$(Q2_DATA)"
 
 ## Remove demo results and the data cache (real results and checkpoints are kept)
 clean:

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common.io import savez
+from common.io import WriteError, remove_orphans, require_writable, savez
 
 Arrays = dict[str, np.ndarray]
+HINT = "set PROJECT_CACHE to a writable folder"
+
+
+class CacheError(RuntimeError):
+    """The cache file is in the way and cannot be replaced; the message says where and why."""
 
 
 def load_or_build(path: Path, build: Callable[[], Arrays], validate: Callable[[Arrays], None],
@@ -25,6 +30,10 @@ def load_or_build(path: Path, build: Callable[[], Arrays], validate: Callable[[A
     `validate(arrays)` raises (any exception) when the arrays are inconsistent. `version` is
     stored in the file; bumping it invalidates caches written by older code.
     """
+    if path.is_dir():
+        raise CacheError(f"cache path {path} is a folder, not a file: remove it or {HINT}")
+    require_writable(path.parent, "cache")
+    remove_orphans(path.parent)
     if path.exists():
         try:
             arrays = _read(path)
@@ -35,10 +44,17 @@ def load_or_build(path: Path, build: Callable[[], Arrays], validate: Callable[[A
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, AssertionError) as e:
             print(f"notice: cache {path} is unusable ({type(e).__name__}: {e}); rebuilding it",
                   file=sys.stderr)
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as err:
+                raise CacheError(f"cache {path} is unusable and cannot be removed "
+                                 f"({err.strerror}): delete it by hand or {HINT}") from err
     arrays = build()
     validate(arrays)
-    savez(path, cache_version=np.array(version), **arrays)
+    try:
+        savez(path, cache_version=np.array(version), **arrays)
+    except WriteError as e:
+        raise CacheError(f"{e}; {HINT}") from e
     return arrays
 
 

@@ -43,7 +43,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from e
     missing = set(KEYS) - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
@@ -56,3 +57,20 @@ def restore(ck: dict[str, Any], model, ema, optimizer, scaler) -> None:
     ema.load_state_dict(ck["ema"])
     optimizer.load_state_dict(ck["optimizer"])
     scaler.load_state_dict(ck["scaler"])
+
+
+WEIGHT_KEYS = ("model_args", "ema", "epoch", "config")
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a weights-only file (best.pt: model_args, ema, epoch, config); one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no trained weights at {path}: train first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}): retrain that run") from e
+    if not isinstance(state, dict) or set(WEIGHT_KEYS) - set(state):
+        raise CheckpointError(f"{path} is not a weights file of this project")
+    return state

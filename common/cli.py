@@ -5,12 +5,50 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from common.cache import CacheError
 from common.checkpoint import CheckpointError
 from common.datasource import DataSourceError
+from common.io import WriteError
+from common.runs import RunError
 
 
 class DataError(ValueError):
     """The data itself is unusable (NaN, wrong shape, missing column ...); the message says where."""
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 1 (epochs, batch sizes, folds ...)."""
+    return _checked(int, text, lambda v: v >= 1, "an integer >= 1")
+
+
+def natural(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, fold indices)."""
+    return _checked(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, decays ...)."""
+    return _checked(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0 (loss weights, weight decay)."""
+    return _checked(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1) (EMA decay)."""
+    return _checked(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def _checked(kind, text: str, ok, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
+    return value
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -28,7 +66,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seeds data splits, init and batch order")
+    p.add_argument("--seed", type=natural, default=0, help="seeds data splits, init and batch order")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
 
 
@@ -46,8 +84,12 @@ def run_main(main: Callable[[], None]) -> None:
     """Run `main`; expected failures print one clear line and exit with status 2."""
     try:
         main()
-    except (DataSourceError, DataError, CheckpointError) as e:
+    except (DataSourceError, DataError, CheckpointError, CacheError, WriteError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:   # e.g. a results folder that cannot be created
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error:{where}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun with --resume to continue from the last checkpoint",

@@ -2,7 +2,9 @@
 
 Every script takes `--data SPEC` and turns it into a `DataSource` here. The source's `tag` names
 the results folder (results/<q>/<tag>/), so results of different sources never overwrite each
-other, and its `label` is printed in every figure title and results file.
+other, and its `label` is printed in every figure title and results file. A local folder's tag is
+its name plus a fingerprint of its data files, so two folders that share a name but hold other
+data never share a results folder (and a copy of the same data does).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class DataSourceError(RuntimeError):
 class DataSource:
     kind: str            # "hub" | "demo" | "folder"
     path: Path | None    # the folder for kind == "folder"
-    tag: str             # results sub-folder: "hub", "demo" or "local-<folder name>"
+    tag: str             # results sub-folder: "hub", "demo" or "local-<folder name>-<hash>"
 
     @property
     def label(self) -> str:
@@ -40,19 +42,42 @@ class DataSource:
     def fingerprint(self, generator: str | Path | None = None) -> str:
         """Short hash that changes when the data can change.
 
-        Folder: its files' names, sizes and mtimes. Demo: the source of its `generator` module,
-        so editing the generator invalidates cached demo data. Hub: constant.
+        Folder: its data files' names, sizes and first/last MiB (see `folder_fingerprint`).
+        Demo: the source of its `generator` module, so editing the generator invalidates cached
+        demo data. Hub: constant.
         """
         if self.kind == "demo" and generator is not None:
             return hashlib.sha1(Path(generator).read_bytes()).hexdigest()[:12]
         if self.kind != "folder":
             return self.kind
-        h = hashlib.sha1()
-        for f in sorted(self.path.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(self.path)}|{st.st_size}|{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:12]
+        return folder_fingerprint(self.path)
+
+
+DATA_SUFFIXES = (".parquet", ".arrow", ".json", ".npz")
+_PROBE_BYTES = 1 << 20
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """12 hex digits identifying the data files under `folder` by content, not by time.
+
+    Hashes each data file's relative path, size and its first and last MiB: cheap on large
+    parquet files, yet any re-export or edit of the data changes it. Other files (a README) and
+    hidden ones do not count.
+    """
+    h = hashlib.sha1()
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if not f.is_file() or f.suffix not in DATA_SUFFIXES or any(
+                part.startswith(".") for part in rel.parts):
+            continue
+        size = f.stat().st_size
+        h.update(f"{rel}|{size}|".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(_PROBE_BYTES))
+            if size > 2 * _PROBE_BYTES:
+                fh.seek(-_PROBE_BYTES, os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -111,5 +136,9 @@ def resolve(spec: str, hub_cached: bool) -> DataSource:
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise DataSourceError(f"--data {spec!r}: not 'auto', 'hub', 'demo' or an existing folder")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.resolve().name) or "folder"
-    return DataSource("folder", path.resolve(), f"local-{name}")
+    path = path.resolve()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name) or "folder"
+    try:
+        return DataSource("folder", path, f"local-{name}-{folder_fingerprint(path)[:8]}")
+    except OSError as e:
+        raise DataSourceError(f"--data {spec!r}: cannot read {e.filename}: {e.strerror}") from e

@@ -1,7 +1,9 @@
 """Atomic file writes and the small result formats (JSON, CSV) every pipeline produces.
 
 A file is written to a temporary sibling and renamed over the target, so a run killed mid-write
-leaves either the old file or the new one, never half of one.
+leaves either the old file or the new one, never half of one. The temporary name carries the
+writer's pid, so a later run can tell an orphan of a killed writer from a live one's file.
+Files get the user's umask (mkstemp alone would make them 0600).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +21,78 @@ import numpy as np
 import torch
 
 
+class WriteError(RuntimeError):
+    """A file could not be written (read-only folder, disk full ...); the message names it."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+_TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and then rename the temporary file onto `path`."""
+    """Call `write(tmp_path)` and then rename the temporary file onto `path`.
+
+    Any failure (no space, no permission, a writer's own error) removes the temporary file and
+    raises WriteError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~UMASK)
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
+    except RuntimeError as e:   # torch.save reports a full disk as RuntimeError
+        raise WriteError(f"cannot write {path}: {str(e).splitlines()[0]} (disk full?)") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete temporary files left in `folder` by writers that no longer run (a SIGKILL)."""
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        m = _TMP.match(f.name)
+        if m and not pid_alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def require_writable(folder: str | Path, what: str) -> Path:
+    """Create `folder` if needed and check that files can be written there, before long work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise WriteError(f"{what} folder {folder} is not writable: {e.strerror or e}") from e
+    return folder
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

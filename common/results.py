@@ -52,14 +52,14 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def provenance(source: DataSource, device: torch.device, seed: int) -> dict:
-    """The fields every metrics.json carries."""
+def provenance(source: DataSource, device: torch.device | None, seed: int) -> dict:
+    """The fields every metrics.json carries (device None: scored from files, no model run)."""
     return {
         "data_source": source.tag,
         "data_label": source.label,
         "data_path": str(source.path) if source.path else None,
         "git_commit": git_commit(),
-        "device": device_name(device),
+        "device": device_name(device) if device is not None else "none (scored from files)",
         "torch": torch.__version__,
         "seed": seed,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -85,17 +85,28 @@ def configure_threads() -> None:
     torch.set_num_threads(n)
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    """Everything random a training step may draw from: the training generator, the global
-    torch generator (dropout) and the CUDA generators. Goes into the checkpoint."""
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on `device`, so augmentation noise is drawn where it is used (no host copy)."""
+    return torch.Generator(device=device).manual_seed(seed + 1)
+
+
+def rng_state(gen: torch.Generator, device_gen: torch.Generator | None = None) -> dict:
+    """Everything random a training step may draw from: the training generator, the optional
+    device generator, the global torch generator (dropout) and the CUDA generators. Goes into
+    the checkpoint."""
     state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if device_gen is not None:
+        state["device_gen"] = device_gen.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(gen: torch.Generator, state: dict) -> None:
+def set_rng_state(gen: torch.Generator, state: dict,
+                  device_gen: torch.Generator | None = None) -> None:
     gen.set_state(state["gen"])
     torch.set_rng_state(state["torch"])
+    if device_gen is not None:
+        device_gen.set_state(state["device_gen"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

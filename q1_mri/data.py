@@ -25,8 +25,9 @@ REPO_ID = "dpelacani/mri-t1-t2-2D-sliced-64"
 SPLITS = ("train", "validation")
 VIEWS = ("axial", "coronal", "sagittal")
 COLUMNS = ("patient_id", "view", "t1", "t2")
+ECG_COLUMNS = ("signal", "beat_locs", "beat_labels")   # Q2's schema, refused by name
 SHAPE = (1, 64, 64)
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: slices with an empty T1 or T2 are dropped when the cache is built
 
 PERCENTILE = 99.5
 NORMALISATION = (f"per-volume: each patient's T1 and T2 divided by the {PERCENTILE}th percentile "
@@ -41,6 +42,7 @@ class MRISplit:
     t2: np.ndarray          # float16 raw intensities
     patient_id: np.ndarray  # (N,) str
     view: np.ndarray        # (N,) str in VIEWS
+    skipped_empty: int = 0  # slices of the source dropped for an all-zero T1 or T2 (not in N)
 
     def __len__(self) -> int:
         return len(self.t1)
@@ -63,6 +65,8 @@ def _rows_to_arrays(table, split: str) -> dict[str, np.ndarray]:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{split}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    if len(table) == 0:
+        raise DataError(f"the {split} split has no rows")
     out = {"t1": [], "t2": [], "patient_id": [], "view": []}
     table = table.with_format("numpy", columns=list(COLUMNS))
     for start in range(0, len(table), 2048):
@@ -88,6 +92,47 @@ def _rows_to_arrays(table, split: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _parquet_files(folder: Path) -> dict[str, list[str]]:
+    """The parquet files of `folder` per split in SPLITS (only the splits that have files).
+
+    Splits are inferred from the file names exactly as `datasets` does (train.parquet,
+    validation-00000-of-00001.parquet, data/train/..., val*, dev* ...; no split name at all:
+    every file is train), but only *.parquet files are kept, so a README or a JSON file next to
+    them is never read as parquet. Other splits (test ...) are reported and ignored.
+    """
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    found = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    files = {str(s): sorted(f for f in found[s] if f.endswith(".parquet")) for s in found}
+    ignored = sorted(s for s in files if s not in SPLITS and files[s])
+    if ignored:
+        print(f"notice: {folder}: ignoring split(s) {ignored}; Q1 reads {list(SPLITS)}",
+              file=sys.stderr)
+    files = {s: files[s] for s in SPLITS if files.get(s)}
+    if not files:
+        raise DataSourceError(f"{folder}: no parquet file named by a {' or '.join(SPLITS)} "
+                              "split (e.g. train.parquet, validation.parquet)")
+    return files
+
+
+def _check_schema(folder: Path, files: dict[str, list[str]]) -> None:
+    """Refuse, before any row is read, files of another schema: Q2's ECG records by name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in (f for paths in files.values() for f in paths):
+        try:
+            columns = set(pq.read_schema(path).names)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path}: not a readable parquet file ({e})") from e
+        if set(ECG_COLUMNS) <= columns:
+            raise DataError(f"{folder} holds ECG records (Q2's schema: {', '.join(ECG_COLUMNS)}), "
+                            "not T1/T2 slices; use it with make q2 / q2_ecg")
+        missing = [c for c in COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+
+
 def _load_datasets(source: DataSource):
     """The `datasets` DatasetDict for a hub or folder source (imported here: only these need it)."""
     import datasets
@@ -100,9 +145,11 @@ def _load_datasets(source: DataSource):
         return datasets.load_from_disk(str(source.path))
     if not any(source.path.rglob("*.parquet")):
         raise DataSourceError(f"{source.path}: no parquet files or save_to_disk folder found")
+    files = _parquet_files(source.path)
+    _check_schema(source.path, files)
     try:
-        return datasets.load_dataset("parquet", data_dir=str(source.path))
-    except datasets.exceptions.DatasetGenerationError as e:  # e.g. files with different columns
+        return datasets.load_dataset("parquet", data_files=files)
+    except datasets.exceptions.DatasetGenerationError as e:  # e.g. files with different types
         raise DataError(f"cannot read the parquet files in {source.path}: "
                         f"{str(e.__cause__ or e).splitlines()[0]}") from e
 
@@ -118,19 +165,51 @@ def _build(source: DataSource) -> dict[str, np.ndarray]:
     else:
         print(f"converting {source.label} to the cache (once) ...", file=sys.stderr)
         tables = _load_datasets(source)
-        absent = [s for s in SPLITS if s not in tables]
-        if absent:
-            raise DataError(f"{source.label}: split(s) {absent} not found (have {list(tables)})")
-        splits = {s: _rows_to_arrays(tables[s], s) for s in SPLITS}
+        if not any(s in tables for s in SPLITS):
+            raise DataError(f"{_name(source)}: no {' or '.join(SPLITS)} split "
+                            f"(have {list(tables)})")
+        splits = {s: _rows_to_arrays(tables[s], s) for s in SPLITS if s in tables}
+    splits = {s: _drop_empty(arrays, s, source) for s, arrays in splits.items()}
     return {f"{s}/{k}": v for s, arrays in splits.items() for k, v in arrays.items()}
 
 
+def _drop_empty(arrays: dict[str, np.ndarray], split: str, source: DataSource
+                ) -> dict[str, np.ndarray]:
+    """Drop slices whose T1 or T2 is entirely 0 and count them in `skipped_empty` (0-d int).
+
+    Such a slice has no brain to translate or score: its brain-masked metrics would be NaN.
+    A split with nothing left is refused.
+    """
+    n = len(arrays["t1"])
+    has = {c: (arrays[c].reshape(n, -1) != 0).any(1) for c in ("t1", "t2")}
+    keep = has["t1"] & has["t2"]
+    if not keep.any():
+        contrast = ("T1" if not has["t1"].any() else "T2" if not has["t2"].any()
+                    else "T1 or T2")
+        raise DataError(f"{_name(source)}: every {contrast} slice of {split} is empty "
+                        "(all zero, no brain)")
+    out = {k: v if keep.all() else v[keep] for k, v in arrays.items()}
+    return {**out, "skipped_empty": np.array(n - int(keep.sum()))}
+
+
+def _name(source: DataSource) -> str:
+    """The folder's path, or the source's label: how messages name a source."""
+    return str(source.path) if source.path else source.label
+
+
+def _present(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The splits held by cached arrays, in SPLITS order."""
+    return [s for s in SPLITS if f"{s}/t1" in arrays]
+
+
 def _validate(arrays: dict[str, np.ndarray]) -> None:
-    for s in SPLITS:
+    assert _present(arrays), "no split"
+    for s in _present(arrays):
         n = len(arrays[f"{s}/t1"])
         assert n > 0, f"{s} is empty"
         assert arrays[f"{s}/t1"].shape == arrays[f"{s}/t2"].shape == (n, *SHAPE), f"{s} shapes"
         assert len(arrays[f"{s}/patient_id"]) == len(arrays[f"{s}/view"]) == n, f"{s} lengths"
+        assert arrays[f"{s}/skipped_empty"].shape == (), f"{s} skipped count"
 
 
 def cache_path(source: DataSource) -> Path:
@@ -144,16 +223,53 @@ def resolve_source(spec: str) -> DataSource:
     return resolve(spec, hub_cached=cache_path(DataSource("hub", None, "hub")).exists())
 
 
-def load_mri(source: DataSource) -> dict[str, MRISplit]:
-    """Both splits of `source` as raw arrays, from the cache when possible."""
+class MRISplits(dict):
+    """The splits a source holds, by name (a folder may hold only one of SPLITS).
+
+    Asking for a split the source lacks raises a one-line DataError instead of a KeyError, so
+    training on a folder that holds only a validation split is refused by name.
+    """
+
+    def __init__(self, name: str, splits: dict[str, MRISplit]):
+        super().__init__(splits)
+        self.name = name
+
+    def __missing__(self, split: str):
+        raise DataError(f"{self.name} has no {split} split (it holds only {', '.join(self)}): "
+                        "training and same-source evaluation need both train and validation; "
+                        "a single split can be evaluated as an external set with "
+                        "python -m q1_mri.eval --data <folder> --trained-on <source>")
+
+
+def load_mri(source: DataSource) -> MRISplits:
+    """The splits `source` holds as raw arrays, from the cache when possible.
+
+    Slices with an empty T1 or T2 are already dropped (notice on stderr, count in
+    `MRISplit.skipped_empty`); a patient found in both splits is refused (DataError).
+    """
     arrays = cache.load_or_build(cache_path(source), lambda: _build(source), _validate,
                                  CACHE_VERSION)
-    return {s: MRISplit(**{k: arrays[f"{s}/{k}"] for k in ("t1", "t2", "patient_id", "view")})
-            for s in SPLITS}
+    splits = MRISplits(_name(source), {
+        s: MRISplit(**{k: arrays[f"{s}/{k}"] for k in ("t1", "t2", "patient_id", "view")},
+                    skipped_empty=int(arrays[f"{s}/skipped_empty"]))
+        for s in _present(arrays)})
+    skipped = {s: split.skipped_empty for s, split in splits.items()}
+    if any(skipped.values()):
+        print(f"notice: skipped {sum(skipped.values())} slices with an empty T1 or T2 ("
+              + ", ".join(f"{s}: {n}" for s, n in skipped.items()) + ")", file=sys.stderr)
+    leaked = shared_patients(splits)
+    if leaked:
+        raise DataError(f"{splits.name}: {len(leaked)} patient(s) in both the train and the "
+                        f"validation split: {', '.join(leaked[:10])}"
+                        f"{' ...' if len(leaked) > 10 else ''}; a patient's slices must all "
+                        "sit in one split")
+    return splits
 
 
 def shared_patients(splits: dict[str, MRISplit]) -> list[str]:
-    """Patient ids present in both train and validation (a leak; should be empty)."""
+    """Patient ids present in both train and validation (a leak); [] when a split is absent."""
+    if not all(s in splits for s in SPLITS):
+        return []
     return sorted(set(splits["train"].patient_id) & set(splits["validation"].patient_id))
 
 

@@ -25,7 +25,6 @@ from q1_mri.data import (
     load_mri,
     normalise,
     resolve_source,
-    shared_patients,
 )
 
 N_PAIRS = 8
@@ -48,10 +47,12 @@ def pick_pairs(split: MRISplit, view: str, n: int = N_PAIRS) -> np.ndarray:
 
 def plot_pairs(t1: np.ndarray, t2: np.ndarray, split: MRISplit, picks: dict[str, np.ndarray],
                unit: str) -> plt.Figure:
-    """Rows: T1 and T2 of each view; columns: slices. Each image scaled to its own 0..p99.5."""
-    fig, axes = plt.subplots(2 * len(VIEWS), N_PAIRS, figsize=(1.45 * N_PAIRS, 1.6 * 2 * len(VIEWS)))
-    for v, view in enumerate(VIEWS):
-        for j, i in enumerate(picks[view]):
+    """Rows: T1 and T2 of each view in `picks`; columns: slices. Each image scaled to its own
+    0..p99.5."""
+    fig, axes = plt.subplots(2 * len(picks), N_PAIRS, figsize=(1.45 * N_PAIRS, 3.2 * len(picks)),
+                             squeeze=False)
+    for v, (view, chosen) in enumerate(picks.items()):
+        for j, i in enumerate(chosen):
             for r, (name, images) in enumerate((("T1", t1), ("T2", t2))):
                 ax = axes[2 * v + r, j]
                 img = images[i, 0].astype(np.float32)
@@ -75,12 +76,12 @@ def brain_values(images: np.ndarray, mask: np.ndarray, max_n: int = 2_000_000) -
 
 def plot_histograms(values: dict[tuple[str, str], np.ndarray], background: dict[str, float],
                     xlabel: str, log_y: bool) -> plt.Figure:
-    """One panel per contrast, train and validation overlaid, densities of brain pixels."""
+    """One panel per contrast, the splits in `background` overlaid, densities of brain pixels."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, contrast in zip(axes, ("T1", "T2")):
-        top = max(np.percentile(values[(s, contrast)], 99.9) for s in SPLITS)
+        top = max(np.percentile(values[(s, contrast)], 99.9) for s in background)
         bins = np.linspace(0, top, 120)
-        for s in SPLITS:
+        for s in background:
             ax.hist(values[(s, contrast)], bins=bins, density=True, histtype="step", lw=1.4,
                     label=f"{s} (background: {100 * background[s]:.0f}% of pixels, not shown)")
         ax.set(title=f"{contrast}: brain-pixel intensities", xlabel=xlabel, ylabel="density")
@@ -103,48 +104,58 @@ def intensity_stats(split: MRISplit) -> dict:
     return out
 
 
-def main() -> None:
+def views_present(split: MRISplit, name: str) -> list[str]:
+    """The VIEWS that `split` has slices of; a notice names each missing one (its panels are
+    left out)."""
+    views = [v for v in VIEWS if (split.view == v).any()]
+    missing = [v for v in VIEWS if v not in views]
+    if missing:
+        print(f"notice: the {name} split has no {', '.join(missing)} slices; "
+              "leaving out their panels", file=sys.stderr)
+    return views
+
+
+def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
     cli.add_data_args(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     splits = load_mri(source := resolve_source(args.data))
     out = results_dir("q1", source, args.results_root)
     figs = out / "figures"
-    train = splits["train"]
-    picks = {v: pick_pairs(train, v) for v in VIEWS}
-    normed = {s: normalise(splits[s]) for s in SPLITS}
+    names = list(splits)             # train and/or validation, in SPLITS order
+    shown = names[0]                 # pairs come from the training split when there is one
+    pairs = splits[shown]
+    picks = {v: pick_pairs(pairs, v) for v in views_present(pairs, shown)}
+    normed = {s: normalise(splits[s]) for s in names}
 
-    save_figure(plot_pairs(train.t1, train.t2, train, picks, "raw scanner units"),
-                figs / "eda_pairs_raw.png", "Training T1/T2 pairs per view, raw", source.label)
-    background = {s: float(1 - splits[s].brain_mask.mean()) for s in SPLITS}
+    save_figure(plot_pairs(pairs.t1, pairs.t2, pairs, picks, "raw scanner units"),
+                figs / "eda_pairs_raw.png",
+                f"{'Training' if shown == 'train' else 'Validation'} T1/T2 pairs per view, raw",
+                source.label)
+    background = {s: float(1 - splits[s].brain_mask.mean()) for s in names}
     raw = {(s, c): brain_values(getattr(splits[s], c.lower()), splits[s].brain_mask)
-           for s in SPLITS for c in ("T1", "T2")}
+           for s in names for c in ("T1", "T2")}
     save_figure(plot_histograms(raw, background, "raw intensity (scanner units)", log_y=True),
                 figs / "eda_histograms_raw.png", "Intensity distributions before normalisation",
                 source.label)
-    t1n, t2n, _ = normed["train"]
-    save_figure(plot_pairs(t1n, t2n, train, picks, "normalised units"),
+    t1n, t2n, _ = normed[shown]
+    save_figure(plot_pairs(t1n, t2n, pairs, picks, "normalised units"),
                 figs / "eda_pairs_normalised.png", "The same pairs after normalisation",
                 source.label)
     norm_values = {(s, c): brain_values(normed[s][i], normed[s][2])
-                   for s in SPLITS for i, c in enumerate(("T1", "T2"))}
+                   for s in names for i, c in enumerate(("T1", "T2"))}
     save_figure(plot_histograms(norm_values, background, "normalised intensity", log_y=False),
                 figs / "eda_histograms_normalised.png",
                 "Intensity distributions after normalisation", source.label)
 
-    stats = {s: intensity_stats(splits[s]) for s in SPLITS}
-    ratio = {c: stats["validation"][c]["brain_median"] / stats["train"][c]["brain_median"]
-             for c in ("t1", "t2")}
-    leaked = shared_patients(splits)
-    if leaked:
-        print(f"WARNING: {len(leaked)} patient(s) in both train and validation: {leaked[:5]}",
-              file=sys.stderr)
+    stats = {s: intensity_stats(splits[s]) for s in names}
+    ratio = ({c: stats["validation"][c]["brain_median"] / stats["train"][c]["brain_median"]
+              for c in ("t1", "t2")} if len(names) == len(SPLITS) else None)
     write_json(out / "eda_stats.json", {
         "data_source": source.tag, "data_label": source.label, "normalisation": NORMALISATION,
         "splits": stats, "validation_to_train_median_ratio": ratio,
-        "patients_in_both_splits": leaked,
         "normalised_brain_median": {f"{s}/{c}": float(np.median(norm_values[(s, c)]))
-                                    for s in SPLITS for c in ("T1", "T2")}})
+                                    for s in names for c in ("T1", "T2")}})
     print(f"1.A figures and eda_stats.json written to {out}")
 
 

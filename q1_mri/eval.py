@@ -10,11 +10,13 @@ The reported models are the final EMA weights: no checkpoint is chosen on the va
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
 from common import cli
-from common.checkpoint import load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.io import read_csv, read_json, write_json
 from common.results import count_parameters, evaluation_dirs, provenance
 from common.runtime import autocast, configure_threads, select_device
@@ -27,7 +29,6 @@ from q1_mri.data import (
     MRISplit,
     load_mri,
     resolve_source,
-    shared_patients,
     to_device,
 )
 from q1_mri.metrics import SSIM_WINDOW, all_metrics
@@ -73,11 +74,34 @@ def linear_map(t1: torch.Tensor, coef: tuple[float, float]) -> torch.Tensor:
 
 
 def load_model(path, device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model from its checkpoint alone and load the EMA weights."""
+    """Rebuild a model from its checkpoint alone and load the EMA weights.
+
+    A truncated file, or one that does not hold a Q1 translator, raises CheckpointError.
+    """
     ck = load_checkpoint(path, device)
-    model = build_model(**ck["model_args"]).to(device)
-    model.load_state_dict(ck["ema"]["shadow"])
+    try:
+        model = build_model(**ck["model_args"]).to(device)
+        model.load_state_dict(ck["ema"]["shadow"])
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not hold a Q1 translator's EMA weights "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
     return model, ck
+
+
+def trained_runs(run_dir, requested: list[str] | None) -> list[str]:
+    """Run folders of `run_dir` to score: `requested`, or every run with a checkpoint (models
+    first). Evaluating before any training raises CheckpointError instead of reporting only the
+    baselines."""
+    found = sorted(p.parent.name for p in run_dir.glob("*/checkpoint.pt"))
+    names = requested or [m for m in MODELS if m in found] + [m for m in found if m not in MODELS]
+    for name in names:
+        if name not in found:
+            print(f"notice: no trained {name} in {run_dir}; skipping it", file=sys.stderr)
+    names = [name for name in names if name in found]
+    if not names:
+        raise CheckpointError(f"no trained Q1 run in {run_dir}: run make q1 "
+                              "(or python -m q1_mri.train) first")
+    return names
 
 
 # ---------------------------------------------------------------- aggregation
@@ -138,14 +162,15 @@ def summarise(scores: dict[str, np.ndarray], patient_id: np.ndarray, view: np.nd
 
 def test_split(splits: dict[str, MRISplit], external: bool
                ) -> tuple[MRISplit, np.ndarray, np.ndarray]:
-    """The validation split, or for an external dataset every slice of it.
+    """The validation split, or for an external dataset every slice of the splits it holds.
 
     Returns the slices, the dataset split each came from (N,) str and its row there (N,) int.
     """
-    names = ["validation"] if not external else list(SPLITS)
+    names = ["validation"] if not external else [s for s in SPLITS if s in splits]
     parts = [splits[s] for s in names]
     merged = MRISplit(*(np.concatenate([getattr(p, f) for p in parts])
-                        for f in ("t1", "t2", "patient_id", "view")))
+                        for f in ("t1", "t2", "patient_id", "view")),
+                      skipped_empty=sum(p.skipped_empty for p in parts))
     origin = np.concatenate([np.full(len(p), s) for s, p in zip(names, parts)])
     row = np.concatenate([np.arange(len(p)) for p in parts])
     return merged, origin, row
@@ -167,6 +192,7 @@ def main(args) -> dict:
     test_source = resolve_source(args.data)
     train_source = resolve_source(args.trained_on) if args.trained_on else test_source
     run_dir, out, external = evaluation_dirs("q1", train_source, test_source, args.results_root)
+    names = trained_runs(run_dir, args.models)
     test_splits = load_mri(test_source)
     split, origin, row = test_split(test_splits, external)
     data = to_device(split, device)
@@ -180,14 +206,8 @@ def main(args) -> dict:
     methods = {"identity": {"description": BASELINES["identity"]},
                "linear": {"description": BASELINES["linear"], "coef": list(coef)}}
     histories = {}
-    found = sorted(p.parent.name for p in run_dir.glob("*/checkpoint.pt"))
-    names = args.models or [m for m in MODELS if m in found] + [m for m in found if m not in MODELS]
     for name in names:
-        path = run_dir / name / "checkpoint.pt"
-        if not path.exists():
-            print(f"notice: no trained {name} in {run_dir}; skipping it")
-            continue
-        model, ck = load_model(path, device)
+        model, ck = load_model(run_dir / name / "checkpoint.pt", device)
         preds[name] = predict(model, data["t1"], device)
         summary = run_dir / name / "summary.json"
         adv = ck["config"].get("adv_weight", 0)
@@ -214,7 +234,7 @@ def main(args) -> dict:
               "train_slices": len(train_split),
               "train_patients": int(len(np.unique(train_split.patient_id))),
               "test_slices": len(split), "test_patients": int(len(np.unique(split.patient_id))),
-              "patients_in_train_and_test": shared_patients(test_splits) if not external else [],
+              "test_slices_skipped_empty": split.skipped_empty,
               "protocol": __doc__.split("Protocol: ")[1].strip(), "best_method": best,
               "methods": methods}
     write_json(out / "metrics.json", result)

@@ -21,6 +21,7 @@ from common.ema import ModelEMA
 from common.io import write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
+from common.runs import check_resume, locked, run_name
 from common.runtime import (
     configure_threads,
     grad_scaler,
@@ -46,17 +47,19 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=sorted(MODELS), default="unet")
     p.add_argument("--name", default=None,
                    help="run folder under results/q1/<source>/ (default: the model's name)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.998)
-    p.add_argument("--ssim-weight", type=float, default=1.0, help="loss = L1 + w * (1 - SSIM)")
-    p.add_argument("--adv-weight", type=float, default=None,
+    p.add_argument("--epochs", type=cli.count, default=40)
+    p.add_argument("--batch-size", type=cli.count, default=32)
+    p.add_argument("--lr", type=cli.positive, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=cli.non_negative, default=1e-4)
+    p.add_argument("--warmup-epochs", type=cli.non_negative, default=1.0)
+    p.add_argument("--ema-decay", type=cli.fraction, default=0.998)
+    p.add_argument("--ssim-weight", type=cli.non_negative, default=1.0,
+                   help="loss = L1 + w * (1 - SSIM)")
+    p.add_argument("--adv-weight", type=cli.non_negative, default=None,
                    help="weight of the PatchGAN term (default per model: "
                         + ", ".join(f"{k} {v}" for k, v in ADV_DEFAULT.items()) + ")")
-    p.add_argument("--base-channels", type=int, default=None, help="override the model width")
+    p.add_argument("--base-channels", type=cli.count, default=None,
+                   help="override the model width")
     p.add_argument("--no-augment", action="store_true", help="disable flip/shift/gain jitter")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
                    help="auto: bf16 autocast (fp16 + loss scaling on GPUs without bf16; "
@@ -65,9 +68,9 @@ def parse_args(argv=None):
                    help="NHWC memory layout; auto = on for CPU (1.4x faster here), off for CUDA "
                         "(GroupNorm made it 10-20%% slower on an H200)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--max-train-slices", type=int, default=None,
+    p.add_argument("--max-train-slices", type=cli.count, default=None,
                    help="use a random subset of the training slices (quick runs)")
-    p.add_argument("--monitor-slices", type=int, default=512,
+    p.add_argument("--monitor-slices", type=cli.count, default=512,
                    help="train/val slices scored after each epoch for the curves")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoint.pt (starts afresh if there is none)")
@@ -75,6 +78,25 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.adv_weight is None:
         args.adv_weight = ADV_DEFAULT[args.model]
+    cfg = MODELS[args.model]
+
+    def builds(base: int) -> bool:
+        """Whether every GroupNorm (min(groups, width) groups over the width, doubled per
+        level) and the attention heads over the bottleneck width divide their widths."""
+        widths = [base * 2 ** i for i in range(cfg.levels)]
+        return (all(w % min(cfg.groups, w) == 0 for w in widths)
+                and not (cfg.transformer_layers and widths[-1] % cfg.heads))
+
+    base = args.base_channels
+    if base is not None and not builds(base):
+        widths = ", ".join(str(base * 2 ** i) for i in range(cfg.levels))
+        nearest = [next((b for b in range(base, 0, -1) if builds(b)), None),
+                   next(b for b in range(base, base * cfg.groups * cfg.heads + 1) if builds(b))]
+        heads = (f" and the bottleneck width by its {cfg.heads} attention heads"
+                 if cfg.transformer_layers else "")
+        p.error(f"--base-channels {base}: the {args.model}'s level widths {widths} must each "
+                f"be divisible by its GroupNorm group count min({cfg.groups}, width){heads}; "
+                f"nearest widths that build: {' or '.join(str(b) for b in nearest if b)}")
     return args
 
 
@@ -115,8 +137,10 @@ def setup(args) -> SimpleNamespace:
     configure_threads()
     r = SimpleNamespace(gen=seed_everything(args.seed), device=select_device(args.device))
     r.source = resolve_source(args.data)
-    r.out = results_dir("q1", r.source, args.results_root) / (args.name or args.model)
     splits = load_mri(r.source)
+    r.out = results_dir("q1", r.source, args.results_root) / run_name(args.name or args.model,
+                                                                      f"seed{args.seed}")
+    r.config = {**vars(args), "data_tag": r.source.tag}
     r.train = to_device(splits["train"], r.device, args.max_train_slices, r.gen)
     r.monitor = {s: to_device(splits[s], r.device, args.monitor_slices,
                               torch.Generator().manual_seed(1)) for s in ("train", "validation")}
@@ -137,6 +161,7 @@ def setup(args) -> SimpleNamespace:
         print(f"notice: nothing to resume in {r.out}; starting from scratch")
     elif args.resume:
         ck = load_checkpoint(r.out / "checkpoint.pt", r.device)
+        check_resume(ck["config"], r.config, ck["epoch"], r.out)
         restore(ck, r.model, r.ema, r.opt, r.scaler)
         if r.disc:
             r.disc.load_state_dict(ck["disc"])
@@ -152,7 +177,7 @@ def save(r, args, epoch: int) -> None:
     extra = {"disc": r.disc.state_dict(), "disc_optimizer": r.opt_d.state_dict()} if r.disc else {}
     save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
                     optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
-                    model_args=r.model_args, epoch=epoch, best_metric=r.best, config=vars(args),
+                    model_args=r.model_args, epoch=epoch, best_metric=r.best, config=r.config,
                     rng=rng_state(r.gen), history=r.history, **extra)
 
 
@@ -163,60 +188,66 @@ def train(args) -> dict:
     total_steps, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
     print(f"q1 {args.model}: {count_parameters(r.model):,} parameters, {n} training slices, "
           f"{r.device}, {r.precision}, data: {r.source.label}")
-    for epoch in range(r.start_epoch, args.epochs):
-        r.model.train()
-        perm = torch.randperm(n, generator=r.gen)
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                       unit="batch")
-        t_epoch, loss_sum = time.time(), torch.zeros((), device=r.device)
-        for step in bar:
-            for group in r.opt.param_groups:
-                group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step,
-                                                      total_steps, warmup)
-            idx = perm[step * args.batch_size:(step + 1) * args.batch_size].to(r.device)
-            t1, t2 = r.train["t1"][idx].float(), r.train["t2"][idx].float()
-            if not args.no_augment:
-                t1, t2 = augment(t1, t2, r.gen)
-            if r.channels_last:
-                t1 = t1.contiguous(memory_format=torch.channels_last)
-            with r.amp():
-                pred = r.step_model(t1).float()
-            if r.disc:
-                discriminator_step(r.disc, r.opt_d, t1, t2, pred)
-            with r.amp():
-                loss = generator_loss(t2, pred, args, r.disc, t1)
-            r.opt.zero_grad(set_to_none=True)
-            r.scaler.scale(loss).backward()
-            r.scaler.step(r.opt)
-            r.scaler.update()
-            r.ema.update(r.model)
-            loss_sum += loss.detach()
-            if step % 20 == 0:  # .item() waits for the GPU, so only now and then
-                rate = (step + 1) * args.batch_size / (time.time() - t_epoch)
-                bar.set_postfix(loss=f"{loss.item():.4f}", slices_s=f"{rate:.0f}")
-            if args.dry_run:
-                print(f"dry run: one batch, loss {loss.item():.4f}")
-                return {}
-        epoch_s = time.time() - t_epoch
-        row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"],
-               "train_loss": (loss_sum / steps_per_epoch).item(), "epoch_s": epoch_s,
-               "slices_per_s": steps_per_epoch * args.batch_size / epoch_s}
-        for split, data in r.monitor.items():
-            scores = evaluate(r.ema.shadow, data, r.device)
-            row.update({f"{split}_{k}": scores[k] for k in MONITORED})
-        row["elapsed_s"] = (r.history[-1]["elapsed_s"] if r.history else 0) + time.time() - t_epoch
-        r.history.append(row)
-        r.best = max(r.best, row["validation_masked_ssim"])
-        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items()))
-        write_csv(r.out / "history.csv", r.history)
-        save(r, args, epoch + 1)
-    summary = {**provenance(r.source, r.device, args.seed), "model": args.model,
-               "parameters": count_parameters(r.model), "model_args": r.model_args,
-               "precision": r.precision, "config": vars(args), "train_slices": n,
-               "wall_time_s": r.history[-1]["elapsed_s"],
-               "slices_per_s": sum(h["slices_per_s"] for h in r.history) / len(r.history),
-               "final": r.history[-1]}
-    write_json(r.out / "summary.json", summary)
+    with locked(r.out):
+        for epoch in range(r.start_epoch, args.epochs):
+            r.model.train()
+            perm = torch.randperm(n, generator=r.gen)
+            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
+                           unit="batch")
+            t_epoch, loss_sum = time.time(), torch.zeros((), device=r.device)
+            for step in bar:
+                for group in r.opt.param_groups:
+                    group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step,
+                                                          total_steps, warmup)
+                idx = perm[step * args.batch_size:(step + 1) * args.batch_size].to(r.device)
+                t1, t2 = r.train["t1"][idx].float(), r.train["t2"][idx].float()
+                if not args.no_augment:
+                    t1, t2 = augment(t1, t2, r.gen)
+                if r.channels_last:
+                    t1 = t1.contiguous(memory_format=torch.channels_last)
+                with r.amp():
+                    pred = r.step_model(t1).float()
+                if r.disc:
+                    discriminator_step(r.disc, r.opt_d, t1, t2, pred)
+                with r.amp():
+                    loss = generator_loss(t2, pred, args, r.disc, t1)
+                r.opt.zero_grad(set_to_none=True)
+                r.scaler.scale(loss).backward()
+                r.scaler.unscale_(r.opt)
+                torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+                r.scaler.step(r.opt)
+                r.scaler.update()
+                r.ema.update(r.model)
+                loss_sum += loss.detach()
+                if step % 20 == 0:  # .item() waits for the GPU, so only now and then
+                    if not torch.isfinite(loss):
+                        raise cli.DataError(f"training diverged (loss {loss.item()}) in epoch "
+                                            f"{epoch + 1}; {r.out} keeps the last good checkpoint")
+                    rate = (step + 1) * args.batch_size / (time.time() - t_epoch)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", slices_s=f"{rate:.0f}")
+                if args.dry_run:
+                    print(f"dry run: one batch, loss {loss.item():.4f}")
+                    return {}
+            epoch_s = time.time() - t_epoch
+            row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"],
+                   "train_loss": (loss_sum / steps_per_epoch).item(), "epoch_s": epoch_s,
+                   "slices_per_s": steps_per_epoch * args.batch_size / epoch_s}
+            for split, data in r.monitor.items():
+                scores = evaluate(r.ema.shadow, data, r.device)
+                row.update({f"{split}_{k}": scores[k] for k in MONITORED})
+            row["elapsed_s"] = (r.history[-1]["elapsed_s"] if r.history else 0) + time.time() - t_epoch
+            r.history.append(row)
+            r.best = max(r.best, row["validation_masked_ssim"])
+            print(" | ".join(f"{k} {v:.4g}" for k, v in row.items()))
+            write_csv(r.out / "history.csv", r.history)
+            save(r, args, epoch + 1)
+        summary = {**provenance(r.source, r.device, args.seed), "model": args.model,
+                   "parameters": count_parameters(r.model), "model_args": r.model_args,
+                   "precision": r.precision, "config": r.config, "train_slices": n,
+                   "wall_time_s": r.history[-1]["elapsed_s"],
+                   "slices_per_s": sum(h["slices_per_s"] for h in r.history) / len(r.history),
+                   "final": r.history[-1]}
+        write_json(r.out / "summary.json", summary)
     return summary
 
 

@@ -11,6 +11,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 CLASSES = ("NOR", "SVEB", "VEB")
 GROUPS = {"normal": (0,), "abnormal": (1, 2)}     # the brief's two views of every metric
+HEADLINE = ("SVEB_f1", "VEB_f1", "normal_f1", "abnormal_se", "abnormal_ppv", "abnormal_f1",
+            "abnormal_sp", "auroc")
 ABBREVIATIONS = {"se": "Se", "ppv": "+P", "f1": "F1", "sp": "Sp", "auroc": "AUROC",
                  "auprc": "AUPRC"}
 

@@ -30,8 +30,11 @@ Q1_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--batch-size",
            "--base-channels", "8", "--max-train-slices", "64", "--monitor-slices", "32"]
 Q2_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-epoch", "1024",
            "--batch-beats", "256", "--channels", "8", "8", "16"]
-Q2_RUNS = [("resnet", "patient"), ("context", "patient"), ("segment", "patient"),
-           ("autoencoder", "patient"), ("resnet", "beat"), ("resnet", "lodo-svdb")]
+Q2_KFOLD = ["--split", "kfold", "--folds", "2"]
+Q2_RUNS = ([["--model", m, *Q2_KFOLD, "--fold", str(f)]
+            for m in ("resnet", "context", "segment", "autoencoder") for f in range(2)]
+           + [["--model", "resnet", "--split", "lodo", "--fold", "svdb"],
+              ["--model", "resnet", "--split", "beat"]])
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +50,15 @@ def q1_results(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def q2_results(tmp_path_factory):
-    """A results root with every kind of Q2 run trained on demo data with tiny settings."""
-    from q2_ecg import train
+    """A results root with every kind of Q2 run trained on demo data with tiny settings: a
+    2-fold cross-validation of each model and the baselines, one LODO and one leaky run."""
+    from q2_ecg import baselines, train
 
     root = tmp_path_factory.mktemp("q2-results")
-    for model, split in Q2_RUNS:
-        train.train(train.parse_args(Q2_TINY + ["--model", model, "--split", split,
-                                                "--results-root", str(root)]))
+    for run in Q2_RUNS:
+        train.train(train.parse_args(Q2_TINY + run + ["--results-root", str(root)]))
+    baselines.main(baselines.parse_args(["--data", "demo", *Q2_KFOLD,
+                                         "--results-root", str(root)]))
     return root
 
 

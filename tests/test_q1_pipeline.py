@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.datasource import resolve
 from common.io import read_csv, read_json
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
@@ -17,7 +18,7 @@ def trained(q1_results):
 
 
 def test_training_writes_history_checkpoint_and_summary(trained):
-    run = trained / "q1" / "demo" / "unet"
+    run = trained / "q1" / "demo" / "unet-seed0"
     history = read_csv(run / "history.csv")
     assert [r["epoch"] for r in history] == [1.0, 2.0]
     assert {"train_loss", "validation_masked_ssim", "slices_per_s"} <= set(history[0])
@@ -33,8 +34,8 @@ def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
         q1_train.train(q1_train.parse_args(args))
     monkeypatch.undo()
     q1_train.train(q1_train.parse_args(args + ["--resume"]))
-    resumed = read_csv(tmp_path / "q1" / "demo" / "unet" / "history.csv")
-    straight = read_csv(trained / "q1" / "demo" / "unet" / "history.csv")
+    resumed = read_csv(tmp_path / "q1" / "demo" / "unet-seed0" / "history.csv")
+    straight = read_csv(trained / "q1" / "demo" / "unet-seed0" / "history.csv")
     for key in ("train_loss", "validation_masked_ssim", "validation_masked_psnr"):
         assert resumed[-1][key] == pytest.approx(straight[-1][key], rel=1e-5)
 
@@ -42,7 +43,7 @@ def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
 def test_evaluation_reports_every_method_and_view(trained):
     result = q1_eval.main(q1_eval.parse_args(["--data", "demo", "--device", "cpu",
                                               "--results-root", str(trained)]))
-    assert set(result["methods"]) == {"identity", "linear", "unet", "transunet"}
+    assert set(result["methods"]) == {"identity", "linear", "unet-seed0", "transunet-seed0"}
     for m in result["methods"].values():
         for agg in [m["overall"], *m["per_view"].values()]:
             stats = agg["masked_ssim"]
@@ -71,4 +72,6 @@ def test_external_evaluation_saves_predictions(trained, tmp_path):
     assert pred["pred"].shape == (12, 1, 64, 64) and pred["pred"].dtype == np.float32
     assert list(pred["split"][:6]) == ["train"] * 6 and list(pred["row"][:3]) == [0, 1, 2]
     assert "percentile" in str(pred["normalisation"])
-    assert (trained / "q1" / "local-other" / "trained-on-demo" / "metrics.json").exists()
+    tag = resolve(str(source.path), hub_cached=False).tag
+    assert tag.startswith("local-other-")                 # the folder's name + its data's hash
+    assert (trained / "q1" / tag / "trained-on-demo" / "metrics.json").exists()

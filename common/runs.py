@@ -1,0 +1,99 @@
+"""A training run's identity: its folder name, one writer at a time, and what --resume accepts.
+
+A run folder is results/<question>/<source tag>/<run name>, where the run name holds everything
+that makes it a different run (model, fold or split, seed, an optional name). A lock file stops a
+second process from writing the same folder; a resumed run must have been made from the same
+data with the same configuration, except for settings that do not change what is trained.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from common.io import pid_alive, remove_orphans, require_writable
+
+# flags that change how a run is executed, not what it trains; epochs may grow on --resume
+NOT_IDENTITY = frozenset({"epochs", "resume", "device", "compile", "dry_run", "results_root",
+                          "data", "channels_last", "workers"})
+
+
+class RunError(RuntimeError):
+    """A run folder is in use, or a checkpoint belongs to another run; the message says which."""
+
+
+def run_name(*parts: Any) -> str:
+    """'resnet', 'fold2', 'seed0' ... joined by '-', skipping empty parts."""
+    return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[Path]:
+    """Hold `folder/.lock` while a run writes the folder; refuse if a live process holds it.
+
+    A lock left by a process that no longer runs (killed with SIGKILL) is cleared with a notice,
+    and so are that process's temporary files.
+    """
+    require_writable(folder, "results")
+    lock = folder / ".lock"
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None:
+                raise RunError(f"{folder} is being written by another run (pid {owner}); wait "
+                               "for it to finish, stop it, or choose another --name/--seed") from None
+            print(f"notice: clearing the stale lock of a run that no longer exists in {folder}",
+                  file=sys.stderr)
+            lock.unlink(missing_ok=True)
+    else:
+        raise RunError(f"cannot lock {folder}: {lock} keeps reappearing")
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    remove_orphans(folder)
+    try:
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The pid holding `lock` if that process is alive on this host, else None (stale)."""
+    try:
+        pid, host = lock.read_text().split(maxsplit=1)
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None
+    if host.strip() != socket.gethostname():
+        return pid            # another machine's run: cannot check, so respect it
+    return pid if pid_alive(pid) and pid != os.getpid() else None
+
+
+def identity(config: dict) -> dict:
+    """The part of a run's configuration that decides what it trains."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+
+
+def check_resume(saved: dict, now: dict, done_epochs: int, folder: Path) -> None:
+    """Refuse, in one line, to continue a checkpoint made from other data or settings.
+
+    `saved` / `now`: the checkpoint's config and this run's (both including the data
+    fingerprint). Epochs may grow, but not shrink below what was already trained.
+    """
+    old, new = identity(saved), identity(now)
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    if diff:
+        raise RunError(f"--resume: {folder / 'checkpoint.pt'} was trained with other settings "
+                       f"or data ({'; '.join(diff[:4])}); drop --resume, or use another "
+                       "--name/--seed")
+    if now["epochs"] < done_epochs:
+        raise RunError(f"--resume: {folder} has already trained {done_epochs} epochs, more than "
+                       f"--epochs {now['epochs']}")

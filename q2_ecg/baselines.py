@@ -1,0 +1,71 @@
+"""Baselines as runs: majority class and RR-only logistic regression, for every fold of a scheme.
+
+    python -m q2_ecg.baselines --data ../shared/data/ecg --split kfold --folds 5 --seed 0
+
+Each fold gets a run folder like a network's (split.json, summary.json, predictions.npz), so
+evaluation scores baselines and models with the same code.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from common import cli
+from common.io import write_json
+from common.results import provenance, results_dir
+from common.runs import locked, run_name
+from q2_ecg import splits
+from q2_ecg.beats import RR_NAMES, build_table
+from q2_ecg.data import load_records, resolve_source
+from q2_ecg.prediction_file import save_predictions
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__.splitlines()[0])
+    cli.add_data_args(p)
+    p.add_argument("--split", choices=("kfold", "lodo"), default="kfold")
+    p.add_argument("--folds", type=cli.count, default=5)
+    p.add_argument("--seed", type=cli.natural, default=0)
+    return p.parse_args(argv)
+
+
+def rr_logistic(rr: np.ndarray, y: np.ndarray, train: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n, 3) log-odds of a logistic regression on the RR features, fitted on `train` beats."""
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    clf.fit(rr[train], y[train])
+    return clf.decision_function(rr[rows])
+
+
+def main(args) -> None:
+    source = resolve_source(args.data)
+    root = results_dir("q2", source, args.results_root)
+    records = load_records(source)
+    table = build_table(records)
+    split, path, _ = splits.open_split(root, source.tag, records, table, args.split, args.folds,
+                                       args.seed)
+    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
+    for fold in split["folds"]:
+        roles = splits.beat_role_array(split, fold, records, table)
+        train = np.flatnonzero(table.scored & (roles == "train"))
+        rows = np.flatnonzero(table.scored & np.isin(roles, ("val", "test")))
+        entry = splits.run_entry(split, path, fold, records, table)
+        outputs = {"rr-logistic": rr_logistic(table.rr, table.label, train, rows),
+                   "majority": np.tile(np.log([0.98, 0.01, 0.01]), (len(rows), 1))}
+        for method, out in outputs.items():
+            with locked(root / run_name(method, scheme, fold, f"seed{args.seed}")) as folder:
+                write_json(folder / "split.json", entry)
+                save_predictions(folder / "predictions.npz", records, table, rows, roles[rows],
+                                 out, model=method, split_id=entry["split_id"],
+                                 data_tag=source.tag)
+                write_json(folder / "summary.json", {
+                    **provenance(source, None, args.seed), "model": method, "split": args.split,
+                    "fold": fold, "split_id": entry["split_id"],
+                    "config": {"name": None, "folds": args.folds, "features": list(RR_NAMES)},
+                    "split_counts": splits.describe(records, table, roles)})
+        print(f"baselines {scheme} {fold}: {len(train)} training beats, {len(rows)} scored")
+
+
+if __name__ == "__main__":
+    cli.run_main(lambda: main(parse_args()))
