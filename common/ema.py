@@ -13,7 +13,13 @@ class ModelEMA:
     Averaging the last few hundred steps smooths the noise of small-batch training and usually
     gives a better validation score than the final weights, at no training cost. The decay
     ramps up as d = min(decay, (1 + n) / (10 + n)) over the first updates n, so short runs are
-    not dominated by the random initial weights. Buffers are copied, not averaged.
+    not dominated by the random initial weights.
+
+    Floating-point buffers (BatchNorm running means and variances) are averaged like the
+    weights: the statistics must describe the activations of the AVERAGED weights, and copying
+    the raw model's would pair them with weights from other steps. Integer buffers
+    (num_batches_tracked) are copied. A buffer that stays constant during training (an input
+    standardisation fitted before the EMA is created) stays exact, since its average is itself.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
@@ -30,7 +36,10 @@ class ModelEMA:
             p.lerp_(params[name].detach(), 1.0 - d)
         buffers = dict(model.named_buffers())
         for name, b in self.shadow.named_buffers():
-            b.copy_(buffers[name])
+            if b.is_floating_point():
+                b.lerp_(buffers[name].detach(), 1.0 - d)
+            else:
+                b.copy_(buffers[name])
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow.state_dict(), "updates": self.updates}

@@ -4,12 +4,16 @@ A split_by_beat segment ends at its own R peak, so it misses the beat's QRS comp
 length mixes the rhythm into the shape. Instead every beat gets
   * a WINDOW-sample window (1 s each side of the R peak) of its record's amplitude-scaled signal,
     gathered on the device from one padded signal tensor, and
-  * eight RR features: previous and next RR, the local rhythm (median of 9 RR intervals) and
-    the long-term sinus rhythm (80th percentile of 129 intervals, ~1.5 min) in seconds, and
-    logs of their ratios. SVEB is above all a timing abnormality (a premature beat with normal
-    QRS), which the ratios to the running rhythm capture whatever the patient's heart rate.
-    The slow long-term percentile still sees runs of SVEBs (supraventricular tachycardia) as
-    fast, even in records that spend most of their time in them, where medians adapt.
+  * RR features (RR_NAMES, `rr_features`). SVEB is above all a timing abnormality (a premature
+    beat with normal QRS), so each beat's RR intervals are judged against the patient's SINUS
+    rhythm, estimated as the 90th percentile of the surrounding 129 intervals (~1.5 min): sinus
+    is the slowest regular rhythm, so a high percentile still finds it in a record whose
+    dominant rhythm is atrial premature beats (runs of them between sinus pauses), where any
+    running median adapts to the ectopic rate and makes the sinus beats look late. Beside the
+    prematurity, the features give the pause after the beat (a compensatory pause), the two
+    intervals either side (runs of ectopic beats), the local rate, the spread of the record's
+    rhythm, the median of the REGULAR intervals (an ectopic run is regular too), and the local
+    irregularity that marks atrial fibrillation, where a short interval is normal.
   * the record's template: the median window over all of the record's beats. Fed beside the
     beat as a second channel, it lets the network judge a beat against the patient's own
     dominant beat (a bundle-branch-block patient's normal beats are wide too). It uses no labels,
@@ -31,9 +35,15 @@ HALF_WINDOW = 128                 # samples each side of the R peak (1 s at 128 
 WINDOW = 2 * HALF_WINDOW
 SEGMENT = 256                     # zero-padded length of the ablation's split_by_beat segment
 LOCAL_RR_BEATS = 9                # running medians over this many RR intervals
-LONG_RR_BEATS = 129
-RR_NAMES = ("rr_prev_s", "rr_next_s", "rr_local_s", "rr_long_s", "log_prev_local",
-            "log_next_local", "log_next_prev", "log_prev_long")
+LONG_RR_BEATS = 129               # ~1.5 min: the window of the sinus-rhythm estimates
+SINUS_PERCENTILE = 90             # of the long window's intervals: the sinus RR
+REGULAR_STEP = 0.1                # |log(rr_i / rr_(i-1))| below this: a regular interval
+IRREGULAR_BEATS = (9, 15)         # running medians of |log(rr_i / rr_(i-1))|
+MIN_RR_S, MAX_RR_S = 0.1, 3.0     # intervals are clipped to this range (annotation glitches)
+RR_NAMES = ("rr_prev_s", "rr_next_s", "rr_sinus_s", "log_prev_sinus", "log_next_sinus",
+            "log_prev2_sinus", "log_next2_sinus", "log_prev_local", "log_next_prev",
+            "log_local_sinus", "log_median_sinus", "log_regular_sinus", "log_prev_regular",
+            "irregularity_9", "irregularity_15")
 
 
 @dataclass
@@ -42,10 +52,12 @@ class BeatTable:
     record: np.ndarray      # (B,) int64 record index
     label: np.ndarray       # (B,) int64 0..3
     scored: np.ndarray      # (B,) bool: 32..256-sample segment, label 0-2, R peak inside signal
-    rr: np.ndarray          # (B, 8) float32, see RR_NAMES
+    rr: np.ndarray          # (B, len(RR_NAMES)) float32, see RR_NAMES
     centre: np.ndarray      # (B,) int64 index of the R peak in `signal`
     prev: np.ndarray        # (B,) int64 index of the previous annotation (segment start)
     seg_len: np.ndarray     # (B,) int64 split_by_beat segment length
+    rec_start: np.ndarray   # (B,) int64 first sample of the beat's record in `signal`
+    rec_end: np.ndarray     # (B,) int64 one past its record's last sample in `signal`
     signal: np.ndarray      # (S',) float32 amplitude-scaled signals, zero gaps between records
     template: np.ndarray    # (R, WINDOW) float32 median beat window of each record
 
@@ -60,26 +72,59 @@ def amplitude_scale(signal: np.ndarray, locs: np.ndarray) -> float:
 
 
 def rr_features(locs: np.ndarray) -> np.ndarray:
-    """(m,) R-peak sample indices of one record -> (m, 8) RR features (RR_NAMES).
+    """(m,) R-peak sample indices of one record -> (m, len(RR_NAMES)) float32 RR features.
 
+    prev/next: the intervals before and after the beat; prev2/next2 the ones before the previous
+    and after the next; sinus: the SINUS_PERCENTILE of LONG_RR_BEATS intervals; local: the
+    median of LOCAL_RR_BEATS; median: the median of LONG_RR_BEATS (log(median / sinus) < 0 when
+    the record mixes a fast and a slow rhythm); regular: `regular_rr`; irregularity: running
+    medians of |log(rr_i / rr_(i-1))| (atrial fibrillation ~0.1-0.3, sinus ~0.02).
     The first beat has no previous RR and the last no next one: they borrow their neighbour.
-    Intervals are clipped to 0.1..3 s so annotation glitches cannot produce extreme values.
+    Running windows are mirrored at the record's ends (repeating the last interval would let
+    it dominate the end's estimates). Intervals are clipped to MIN_RR_S..MAX_RR_S, so every
+    log-ratio lies within +-3.4 and a record of one or two beats still gets finite values.
     """
-    rr = np.diff(locs) / SAMPLING_RATE
-    if len(rr) == 0:
-        rr = np.array([1.0])
-    prev = np.clip(np.concatenate([rr[:1], rr]), 0.1, 3.0)
-    nxt = np.clip(np.concatenate([rr, rr[-1:]]), 0.1, 3.0)
-    local = median_filter(prev, size=LOCAL_RR_BEATS, mode="nearest")
-    long = percentile_filter(prev, 80, size=LONG_RR_BEATS, mode="nearest")
-    return np.stack([prev, nxt, local, long, np.log(prev / local), np.log(nxt / local),
-                     np.log(nxt / prev), np.log(prev / long)], axis=1).astype(np.float32)
+    m = len(locs)
+    rr = np.diff(locs) / SAMPLING_RATE if m > 1 else np.ones(1)
+    prev = np.clip(np.concatenate([rr[:1], rr])[-m:], MIN_RR_S, MAX_RR_S)
+    nxt = np.clip(np.concatenate([rr, rr[-1:]])[:m], MIN_RR_S, MAX_RR_S)
+    prev2 = np.concatenate([prev[:1], prev[:-1]])
+    next2 = np.concatenate([nxt[1:], nxt[-1:]])
+    local = median_filter(prev, size=LOCAL_RR_BEATS, mode="reflect")
+    sinus = percentile_filter(prev, SINUS_PERCENTILE, size=LONG_RR_BEATS, mode="reflect")
+    median = median_filter(prev, size=LONG_RR_BEATS, mode="reflect")
+    step = np.abs(np.diff(np.log(prev), prepend=np.log(prev[0])))
+    regular = regular_rr(prev, step, fallback=sinus)
+    irregularity = [median_filter(step, size=n, mode="reflect") for n in IRREGULAR_BEATS]
+    log = np.log
+    return np.stack([prev, nxt, sinus, log(prev / sinus), log(nxt / sinus), log(prev2 / sinus),
+                     log(next2 / sinus), log(prev / local), log(nxt / prev), log(local / sinus),
+                     log(median / sinus), log(regular / sinus), log(prev / regular),
+                     *irregularity], axis=1).astype(np.float32)
+
+
+def regular_rr(prev: np.ndarray, step: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(m,) running median (LONG_RR_BEATS) of the regular intervals, in seconds.
+
+    prev: (m,) intervals; step: (m,) |log(prev_i / prev_(i-1))|; a regular interval has step <
+    REGULAR_STEP. Where the window holds no regular interval (atrial fibrillation) the result
+    is `fallback` (m,). In sinus rhythm this is the sinus RR; in a run of ectopic beats it is
+    the run's rate, so its ratio to the sinus estimate tells the two rhythms apart.
+    """
+    half = LONG_RR_BEATS // 2
+    values = np.pad(np.where(step < REGULAR_STEP, prev, np.nan), half, constant_values=np.nan)
+    windows = np.sort(sliding_window_view(values, LONG_RR_BEATS), axis=1)   # NaNs sort last
+    count = np.isfinite(windows).sum(1)
+    rows = np.arange(len(prev))
+    middle = (windows[rows, np.maximum(count - 1, 0) // 2] + windows[rows, count // 2]) / 2
+    return np.where(count > 0, middle, fallback)
 
 
 def build_table(records: ECGRecords) -> BeatTable:
     """Scale every record, lay the signals out with HALF_WINDOW zeros around each, and compute
-    every beat's window position, segment and RR features."""
+    every beat's window position, segment, record bounds and RR features."""
     pieces, rr, centre, prev, templates = [np.zeros(HALF_WINDOW, np.float32)], [], [], [], []
+    rec_start, rec_end = [], []
     start = HALF_WINDOW
     for r in range(len(records)):
         signal, locs, _ = records.record(r)
@@ -90,13 +135,16 @@ def build_table(records: ECGRecords) -> BeatTable:
         rr.append(rr_features(locs))
         centre.append(start + np.minimum(locs, len(signal) - 1))
         prev.append(start + np.concatenate([[0], np.minimum(locs[:-1], len(signal) - 1)]))
+        rec_start.append(np.full(len(locs), start))
+        rec_end.append(np.full(len(locs), start + len(signal)))
         start += len(signal) + HALF_WINDOW
     seg_len = segment_lengths(records)
     scored = keep_by_length(seg_len) & (records.beat_labels != UNKNOWN) & inside_signal(records)
     return BeatTable(record=records.beat_record, label=records.beat_labels, scored=scored,
                      rr=np.concatenate(rr), centre=np.concatenate(centre),
-                     prev=np.concatenate(prev), seg_len=seg_len, signal=np.concatenate(pieces),
-                     template=np.stack(templates))
+                     prev=np.concatenate(prev), seg_len=seg_len,
+                     rec_start=np.concatenate(rec_start), rec_end=np.concatenate(rec_end),
+                     signal=np.concatenate(pieces), template=np.stack(templates))
 
 
 def record_template(scaled: np.ndarray, locs: np.ndarray, max_beats: int = 2000) -> np.ndarray:
@@ -112,7 +160,20 @@ def table_to_device(table: BeatTable, device) -> dict[str, torch.Tensor]:
     return {"signal": t(table.signal, torch.float32), "centre": t(table.centre),
             "prev": t(table.prev), "seg_len": t(table.seg_len), "rr": t(table.rr),
             "label": t(table.label), "scored": t(table.scored), "record": t(table.record),
+            "rec_start": t(table.rec_start), "rec_end": t(table.rec_end),
             "template": t(table.template, torch.float32)}
+
+
+def own_record_samples(dev: dict, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Samples at positions `pos` (*idx.shape, n) of `signal`, zero outside beat idx's record.
+
+    Records are laid out HALF_WINDOW zeros apart, so an unshifted window never leaves its
+    record's padded span; a shifted one (augmentation) at a record's edge would read the
+    neighbouring record, or wrap around the tensor at its ends. Masking keeps the R peak where
+    it is, unlike clamping the centre.
+    """
+    inside = (pos >= dev["rec_start"][idx][..., None]) & (pos < dev["rec_end"][idx][..., None])
+    return dev["signal"][pos.clamp(0, len(dev["signal"]) - 1)] * inside
 
 
 def centred_windows(dev: dict, idx: torch.Tensor, shift: torch.Tensor | None = None
@@ -120,16 +181,21 @@ def centred_windows(dev: dict, idx: torch.Tensor, shift: torch.Tensor | None = N
     """Windows around the R peaks of beats `idx` (any shape) -> (*idx.shape, WINDOW) float32.
 
     `shift` (same shape as idx) moves each window by a few samples (training augmentation).
+    Samples outside the beat's own record read as 0.
     """
     offsets = torch.arange(-HALF_WINDOW, HALF_WINDOW, device=idx.device)
     centre = dev["centre"][idx] if shift is None else dev["centre"][idx] + shift
-    return dev["signal"][centre[..., None] + offsets]
+    return own_record_samples(dev, idx, centre[..., None] + offsets)
 
 
 def segment_windows(dev: dict, idx: torch.Tensor, shift: torch.Tensor | None = None
                     ) -> torch.Tensor:
-    """The ablation: each beat's split_by_beat segment, zero-padded at the end to SEGMENT."""
+    """The ablation: each beat's split_by_beat segment, zero-padded at the end to SEGMENT.
+
+    `shift` moves the segment like the window (the same augmentation for both
+    representations); its length stays seg_len and it never reads outside its record.
+    """
     positions = torch.arange(SEGMENT, device=idx.device)
-    values = dev["signal"][(dev["prev"][idx][..., None] + positions).clamp_max(
-        len(dev["signal"]) - 1)]
+    start = dev["prev"][idx] if shift is None else dev["prev"][idx] + shift
+    values = own_record_samples(dev, idx, start[..., None] + positions)
     return values * (positions < dev["seg_len"][idx][..., None])

@@ -30,6 +30,7 @@ UNKNOWN = 3
 SAMPLING_RATE = 128                      # Hz; every source is at this rate
 MIN_BEAT, MAX_BEAT = 32, 256             # samples, inclusive: 240 bpm .. 30 bpm
 COLUMNS = ("patient_id", "source_db", "sampling_rate", "signal", "beat_locs", "beat_labels")
+MRI_COLUMNS = ("t1", "t2", "view")       # Q1's schema, refused by name
 CACHE_VERSION = 1
 
 
@@ -159,6 +160,31 @@ def _check_mapping(mapping: dict) -> None:
         raise DataError(f"class_mapping.json is {mapping}, expected {CLASS_MAPPING}")
 
 
+def _parquet_files(folder: Path) -> list[str]:
+    """The folder's *.parquet files (a README, notes or JSON beside them are never read as
+    data); hidden files and folders are skipped, as the data fingerprint skips them."""
+    return sorted(str(f) for f in folder.rglob("*.parquet")
+                  if not any(part.startswith(".") for part in f.relative_to(folder).parts))
+
+
+def _check_schema(folder: Path, files: list[str]) -> None:
+    """Refuse, before any row is read, files of another schema: Q1's MRI slices by name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            columns = set(pq.read_schema(path).names)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path}: not a readable parquet file ({e})") from e
+        if set(MRI_COLUMNS) <= columns:
+            raise DataError(f"{folder} holds MRI slices (Q1's schema: {', '.join(MRI_COLUMNS)}), "
+                            "not ECG records; use it with make q1 / q1_mri")
+        missing = [c for c in COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+
+
 def _load_rows(source: DataSource):
     """Records of a hub or folder source as a `datasets.Dataset` (datasets imported only here)."""
     import datasets
@@ -172,9 +198,10 @@ def _load_rows(source: DataSource):
         return datasets.load_dataset(REPO_ID, split="train")
     if (source.path / "class_mapping.json").exists():
         _check_mapping(json.loads((source.path / "class_mapping.json").read_text()))
-    files = sorted(str(f) for f in source.path.rglob("*.parquet"))
+    files = _parquet_files(source.path)
     if not files:
         raise DataSourceError(f"{source.path}: no parquet files found")
+    _check_schema(source.path, files)
     try:
         table = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
     except datasets.exceptions.DatasetGenerationError as e:

@@ -271,6 +271,7 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
                 s["adapted"] = assess(runs, True, binary)
             s["tuned"] = {r.fold: r.tuned for r in runs}
             s["best_epoch"] = {r.fold: r.summary.get("best_epoch") for r in runs}
+            s["split_counts"] = {r.fold: r.summary.get("split_counts") for r in runs}
             s["wall_time_s"] = float(sum(r.summary.get("wall_time_s", 0) for r in runs))
             entry["seeds"][str(seed)] = s
             if seed == min(per_seed):

@@ -17,7 +17,7 @@ from common.runtime import configure_threads, select_device
 from q2_ecg.beats import build_table, table_to_device
 from q2_ecg.data import load_records
 from q2_ecg.model import build_model
-from q2_ecg.predict import predict
+from q2_ecg.predict import predict_and_adapt
 from q2_ecg.prediction_file import save_predictions
 
 
@@ -44,9 +44,11 @@ def predict_external(run_root: Path, source, out_dir: Path, device: str) -> tupl
     records = load_records(source)
     table = build_table(records)
     beats = np.arange(len(table.label))
-    out = predict(model, table_to_device(table, device), beats, table.record, device)
+    out, adapted = predict_and_adapt(model, table_to_device(table, device), beats, table,
+                                     device)
     roles = np.where(table.scored, "test", "unscored")     # UNK rows are never scored
     path = save_predictions(out_dir / "predictions.npz", records, table, beats, roles, out,
-                            model=final["model"], split_id="external", data_tag=source.tag)
+                            model=final["model"], split_id="external", data_tag=source.tag,
+                            adapted=adapted)
     print(f"final {final['model']} ({folder.name}) predicted {len(beats)} beats of {source.label}")
     return path, final

@@ -16,13 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from q2_ecg.beats import RR_NAMES
+
+# channel 0 of a beat's input: the R-centred window, or (the ablation, which changes nothing
+# else) the zero-padded split_by_beat segment; both keep the RR features and the template
+REPRESENTATIONS = ("window", "segment")
+
 
 @dataclass
 class BeatNetConfig:
     window: int = 256                 # samples per beat input
+    representation: str = "window"    # channel 0: "window" (R-centred) | "segment" (ablation)
     channels: tuple = (32, 64, 128)   # per ResNet stage; each stage halves the length
     kernel: int = 7
-    rr_features: int = 8              # 0: waveform only (the zero-padded segment ablation)
+    rr_features: int = len(RR_NAMES)  # 0: waveform only
     template: bool = True             # second input channel: the record's median beat
     embed: int = 64                   # width of a beat's token
     context: int = 1                  # L, beats per chunk
@@ -32,6 +39,11 @@ class BeatNetConfig:
     n_classes: int = 3
     autoencoder: bool = False
     latent: int = 16                  # autoencoder bottleneck
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation {self.representation!r}, expected one of "
+                             f"{REPRESENTATIONS}")
 
 
 class ResBlock1d(nn.Module):
@@ -105,7 +117,12 @@ class BeatClassifier(nn.Module):
                                                  enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(cfg.embed), nn.Linear(cfg.embed, cfg.n_classes))
 
-    def forward(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+    def embed(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+        """(B, L, C, W), (B, L, F) -> (B, L, embed): each beat's token, what the head reads.
+
+        Morphology and rhythm in one vector, after the context layers: what label-free
+        test-time adaptation (q2_ecg.adapt) clusters a record's beats on.
+        """
         b, length = windows.shape[:2]
         tokens = self.encoder(windows.flatten(0, 1)).reshape(b, length, -1)
         if self.cfg.rr_features:
@@ -113,7 +130,10 @@ class BeatClassifier(nn.Module):
         tokens = self.token(tokens)                                      # (B, L, embed)
         if self.cfg.context_layers:
             tokens = self.context(tokens + self.pos[:, :length])
-        return self.head(tokens)
+        return tokens
+
+    def forward(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(windows, rr))
 
 
 class BeatAutoencoder(nn.Module):
@@ -152,7 +172,7 @@ class BeatAutoencoder(nn.Module):
 MODELS = {
     "resnet": BeatNetConfig(),
     "context": BeatNetConfig(context=32, context_layers=2),
-    "segment": BeatNetConfig(rr_features=0, template=False),
+    "segment": BeatNetConfig(representation="segment"),
     "autoencoder": BeatNetConfig(autoencoder=True),
 }
 

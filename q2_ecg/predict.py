@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from common.runtime import autocast
+from q2_ecg.adapt import reconcile_by_cluster
 from q2_ecg.beats import centred_windows, segment_windows
 
 
@@ -25,10 +27,11 @@ def inputs(dev: dict, idx: torch.Tensor, cfg, shift: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs for beats `idx` (B, L): waveforms (B, L, C, W) and RR features (B, L, F).
 
-    Channel 0 is the beat (R-centred window, or the ablation's segment); with `cfg.template`
-    channel 1 is its record's median beat.
+    Channel 0 is the beat: the R-centred window, or the split_by_beat segment when
+    `cfg.representation == "segment"`; with `cfg.template` channel 1 is its record's median
+    beat. The RR features are the same for both representations.
     """
-    if cfg.rr_features == 0:
+    if cfg.representation == "segment":
         waves = segment_windows(dev, idx, shift)[..., None, :]
     else:
         waves = centred_windows(dev, idx, shift)[..., None, :]
@@ -37,18 +40,15 @@ def inputs(dev: dict, idx: torch.Tensor, cfg, shift: torch.Tensor | None = None
     return waves, dev["rr"][idx]
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, dev: dict, beats: np.ndarray, record: np.ndarray,
-            device: torch.device, batch_beats: int = 4096) -> np.ndarray:
-    """Model output for each beat in `beats` (sorted global indices): (n, classes) logits, or
-    (n,) anomaly scores for the autoencoder.
+def chunk_plan(beats: np.ndarray, record: np.ndarray, length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each beat of `beats` (sorted global indices) is read from: chunks (C, length) of
+    beat indices, and per beat its chunk (n,) and position in that chunk (n,).
 
     A context model sees each beat inside a chunk of L neighbours. Chunks start every L/2 beats
     of a record, and each beat takes its output from the chunk where it sits nearest the middle,
     so it has context on both sides wherever its record allows, at twice the cost of L = 1.
     """
-    model.eval()
-    length = model.cfg.context
     first, last = record_bounds(record)
     if length == 1:
         starts, pos = beats, np.zeros(len(beats), np.int64)
@@ -59,11 +59,56 @@ def predict(model: torch.nn.Module, dev: dict, beats: np.ndarray, record: np.nda
         starts = np.maximum(np.minimum(f + k * half, la - length + 1), f)
         pos = beats - starts
     unique, inverse = np.unique(starts, return_inverse=True)
-    chunks = chunk_indices(unique, length, last[unique])
+    return chunk_indices(unique, length, last[unique]), inverse, pos
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dev: dict, beats: np.ndarray, record: np.ndarray,
+            device: torch.device, batch_beats: int = 4096) -> np.ndarray:
+    """Model output for each beat in `beats` (sorted global indices): (n, classes) logits, or
+    (n,) anomaly scores for the autoencoder. Chunk layout: `chunk_plan`."""
+    return _run(model, model, dev, beats, record, device, batch_beats)[0]
+
+
+@torch.no_grad()
+def predict_embedded(model: torch.nn.Module, dev: dict, beats: np.ndarray, record: np.ndarray,
+                     device: torch.device, batch_beats: int = 4096
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A BeatClassifier's logits (n, classes) and beat embeddings (n, cfg.embed) float32 for
+    `beats`, in one pass (the embedding is what the head reads, see BeatClassifier.embed)."""
+    def both(windows, rr):
+        tokens = model.embed(windows, rr)
+        return model.head(tokens), tokens
+    logits, tokens = _run(model, both, dev, beats, record, device, batch_beats)
+    return logits, tokens.astype(np.float32)
+
+
+def _run(model: torch.nn.Module, fn, dev: dict, beats: np.ndarray, record: np.ndarray,
+         device: torch.device, batch_beats: int) -> list[np.ndarray]:
+    """Apply `fn` (windows, rr) -> a (B, L, ...) tensor or a tuple of them to the chunks of
+    `beats` (`model` sets the chunk length); -> one (n, ...) float32 array per output."""
+    model.eval()
+    length = model.cfg.context
+    chunks, inverse, pos = chunk_plan(beats, record, length)
+    step = max(1, batch_beats // length)
     outs = []
-    for i in range(0, len(chunks), max(1, batch_beats // length)):
-        idx = torch.from_numpy(chunks[i:i + batch_beats // length]).to(device)
+    for i in range(0, len(chunks), step):
+        idx = torch.from_numpy(chunks[i:i + step]).to(device)
         with autocast(device):
-            outs.append(model(*inputs(dev, idx, model.cfg)).float().cpu())
-    out = torch.cat(outs).numpy()                        # (C, L, classes) or (C, L)
-    return out[inverse, pos]
+            out = fn(*inputs(dev, idx, model.cfg))
+        outs.append([o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))])
+    return [torch.cat(parts).numpy()[inverse, pos] for parts in zip(*outs)]
+
+
+def predict_and_adapt(model: torch.nn.Module, dev: dict, beats: np.ndarray, table,
+                      device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Outputs for `beats` and, for a classifier, its probabilities after label-free
+    per-record cluster reconciliation (q2_ecg.adapt); `beats` should hold whole records.
+
+    Returns (logits (n, 3) or anomaly scores (n,), adapted probabilities (n, 3) or None).
+    """
+    if model.cfg.autoencoder:
+        return predict(model, dev, beats, table.record, device), None
+    logits, emb = predict_embedded(model, dev, beats, table.record, device)
+    prob = softmax(logits.astype(np.float64), axis=1)
+    return logits, reconcile_by_cluster(emb, table.rr[beats], prob, table.record[beats])

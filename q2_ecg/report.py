@@ -28,36 +28,47 @@ def alignment_table(eda_stats: dict) -> Markdown:
                   "within 2 samples (16 ms)"], rows)
 
 
-def split_table(split_counts: dict) -> Markdown:
-    return table(["split", "patients", "beats", "NOR", "SVEB", "VEB"],
-                 [[s, *c.values()] for s, c in split_counts.items()])
+def _first_seed(entry: dict) -> dict:
+    return entry["seeds"][min(entry["seeds"], key=int)]
+
+
+def split_table(metrics: dict) -> Markdown:
+    """Records and beats per role in every fold of the chosen model's first seed."""
+    seed = _first_seed(metrics["models"]["kfold"][metrics["chosen_model"]])
+    rows = [[fold, role, c["records"], c["beats"], c["NOR"], c["SVEB"], c["VEB"]]
+            for fold, counts in seed["split_counts"].items() for role, c in counts.items()]
+    return table(["fold", "role", "records", "beats", "NOR", "SVEB", "VEB"], rows)
 
 
 def models_table(metrics: dict) -> Markdown:
-    rows = [[name, m.get("parameters"), m.get("best_epoch"), m.get("wall_time_s"),
-             m.get("beats_per_s"), m["description"]]
-            for name, m in metrics["models"].items() if name.endswith("-patient")]
-    return table(["run", "parameters", "best epoch", "training time (s)", "beats/s",
-                  "what it is"], rows)
+    rows = []
+    for name, m in metrics["models"]["kfold"].items():
+        seed = _first_seed(m)
+        epochs = [e for e in seed["best_epoch"].values() if e]
+        rows.append([name, m.get("parameters"), m.get("imbalance"),
+                     " / ".join(str(e) for e in epochs) or None,
+                     seed["wall_time_s"] or None, m["description"]])
+    return table(["method", "parameters", "imbalance", "best epoch per fold",
+                  "training time, all folds (s)", "what it is"], rows)
 
 
 def group_table(metrics: dict, group: str) -> Markdown:
-    """Se, +P, F1, Sp of `group` ('normal' or 'abnormal') for every patient-split method."""
+    """Se, +P, F1, Sp of `group` ('normal' or 'abnormal'), out of fold (first seed), with 95 %
+    intervals from resampling records."""
     rows = []
-    for name, m in metrics["models"].items():
-        if name.endswith("-patient"):
-            t = m["test"]
-            rows.append([name] + [with_ci(t[f"{group}_{k}"]) if f"{group}_{k}" in t else None
-                                  for k in METRIC_NAMES])
+    for name, m in metrics["models"]["kfold"].items():
+        t = _first_seed(m)["pooled"]
+        rows.append([name] + [with_ci(t[f"{group}_{k}"]) if f"{group}_{k}" in t else None
+                              for k in METRIC_NAMES])
     return table(["method"] + [f"{group} {v}" for v in METRIC_NAMES.values()], rows)
 
 
 def class_table(metrics: dict) -> Markdown:
-    """Per-class Se / +P / F1 of the classifiers (point values) and macro-F1."""
+    """Per-class Se / +P / F1 out of fold (first seed) and macro-F1."""
     rows = []
-    for name, m in metrics["models"].items():
-        t = m["test"]
-        if name.endswith("-patient") and "SVEB_f1" in t:
+    for name, m in metrics["models"]["kfold"].items():
+        t = _first_seed(m)["pooled"]
+        if "SVEB_f1" in t:
             rows.append([name] + [t[f"{c}_{k}"]["value"] for c in ("NOR", "SVEB", "VEB")
                                   for k in ("se", "ppv", "f1")] + [t["macro_f1"]["value"]])
     return table(["method"] + [f"{c} {k}" for c in ("NOR", "SVEB", "VEB")
@@ -65,26 +76,69 @@ def class_table(metrics: dict) -> Markdown:
 
 
 def ranking_table(metrics: dict) -> Markdown:
-    rows = [[name, with_ci(m["test"]["auroc"]), with_ci(m["test"]["auprc"])]
-            for name, m in metrics["models"].items()
-            if name.endswith("-patient") and "auroc" in m["test"]]
+    rows = [[name, with_ci(t["auroc"]), with_ci(t["auprc"])]
+            for name, m in metrics["models"]["kfold"].items()
+            for t in [_first_seed(m)["pooled"]] if "auroc" in t]
     return table(["method", "AUROC normal vs abnormal", "AUPRC"], rows)
 
 
-def database_table(metrics: dict) -> Markdown:
+HEAD = ("SVEB_f1", "VEB_f1", "abnormal_f1", "auroc")
+
+
+def seeds_table(metrics: dict) -> Markdown:
+    """Median and range over seeds of the out-of-fold headline values."""
     rows = []
-    for name, m in metrics["models"].items():
-        if name.endswith("-patient") and "per_database" in m:
-            for db, v in m["per_database"].items():
-                rows.append([name, db, v["beats"], v.get("SVEB_f1"), v.get("VEB_f1"),
-                             v["abnormal_f1"], v.get("auroc")])
-    return table(["method", "database", "beats", "SVEB F1", "VEB F1", "abnormal F1", "AUROC"],
-                 rows)
+    for name, m in metrics["models"]["kfold"].items():
+        s = m["seed_summary"]
+        rows.append([name, max((v["seeds"] for v in s.values()), default=0)]
+                    + [f"{s[k]['median']:.3f} ({s[k]['min']:.3f}–{s[k]['max']:.3f})"
+                       if k in s else None for k in HEAD])
+    return table(["method", "seeds"] + [f"{label(k)} median (range)" for k in HEAD], rows)
 
 
-def comparison_table(per_model: dict, settings_name: str) -> Markdown:
-    """Rows: model x setting (e.g. split or held-out database); columns: headline metrics."""
-    keys = ("SVEB_f1", "VEB_f1", "abnormal_f1", "abnormal_se", "abnormal_ppv", "auroc")
-    rows = [[model, setting] + [v.get(k) for k in keys]
-            for model, per in per_model.items() for setting, v in per.items()]
-    return table(["model", settings_name] + [label(k) for k in keys], rows)
+def database_table(metrics: dict, scheme: str = "kfold") -> Markdown:
+    """Per database of the tested records: out of fold (kfold) or held out (lodo)."""
+    rows = []
+    for name, m in metrics["models"].get(scheme, {}).items():
+        for db, v in _first_seed(m)["per_database"].items():
+            rows.append([name, db, v["records"], v["beats"], v.get("SVEB_f1"), v.get("VEB_f1"),
+                         v["abnormal_f1"], v.get("auroc")])
+    return table(["method", "database", "records", "beats", "SVEB F1", "VEB F1", "abnormal F1",
+                  "AUROC"], rows)
+
+
+def fold_table(metrics: dict) -> Markdown:
+    """Mean ± sd over the folds, beside the pooled value and the AAMI record averages."""
+    rows = []
+    for name, m in metrics["models"]["kfold"].items():
+        seed = _first_seed(m)
+        fm, ra = seed["fold_mean_sd"], seed["record_average"]
+        if "SVEB_f1" not in seed["pooled"]:
+            continue
+        rows.append([name] + [f"{fm[k][0]:.3f} ± {fm[k][1]:.3f}" for k in ("SVEB_f1", "VEB_f1")]
+                    + [ra[k] for k in ("SVEB_se", "SVEB_ppv", "VEB_se", "VEB_ppv")])
+    return table(["method", "SVEB F1 per fold", "VEB F1 per fold", "SVEB Se (record avg)",
+                  "SVEB +P (record avg)", "VEB Se (record avg)", "VEB +P (record avg)"], rows)
+
+
+def adaptation_table(metrics: dict) -> Markdown:
+    """Out of fold with and without the label-free per-record adaptation."""
+    rows = []
+    for name, m in metrics["models"]["kfold"].items():
+        seed = _first_seed(m)
+        if "adapted" in seed:
+            for how, s in (("without", seed["pooled"]), ("with", seed["adapted"]["pooled"])):
+                rows.append([name, how] + [s[k]["value"] if k in s else None for k in HEAD])
+    return table(["method", "adaptation"] + [label(k) for k in HEAD], rows)
+
+
+def contrast_table(metrics: dict, scheme: str) -> Markdown:
+    """The same models under another scheme ('beat' leaky split, 'lodo') beside k-fold."""
+    rows = []
+    for name, m in metrics["models"].get(scheme, {}).items():
+        kfold = metrics["models"]["kfold"].get(name)
+        for what, entry in (("k-fold (unseen persons)", kfold), (scheme, m)):
+            if entry:
+                t = _first_seed(entry)["pooled"]
+                rows.append([name, what] + [t[k]["value"] if k in t else None for k in HEAD])
+    return table(["method", "scheme"] + [label(k) for k in HEAD], rows)

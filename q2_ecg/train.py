@@ -42,7 +42,7 @@ from q2_ecg.beats import build_table, table_to_device
 from q2_ecg.data import load_records, resolve_source
 from q2_ecg.metrics import confusion, summary_from_confusion
 from q2_ecg.model import MODELS, build_model, model_args
-from q2_ecg.predict import chunk_indices, inputs, predict, record_bounds
+from q2_ecg.predict import chunk_indices, inputs, predict, predict_and_adapt, record_bounds
 from q2_ecg.prediction_file import save_predictions
 
 LODO_FOLDS = [db.removesuffix("_npy") for db in splits.DATABASES]
@@ -334,9 +334,10 @@ def write_predictions(r) -> None:
     best = build_model(**r.model_args).to(r.device)
     best.load_state_dict(load_weights(r.out / "best.pt", r.device)["ema"]["shadow"])
     beats = np.flatnonzero(r.table.scored & np.isin(r.roles, ("val", "test")))
-    out = predict(best, r.dev, beats, r.table.record, r.device)
+    out, adapted = predict_and_adapt(best, r.dev, beats, r.table, r.device)
     save_predictions(r.out / "predictions.npz", r.records, r.table, beats, r.roles[beats],
-                     out, model=r.config["model"], split_id=r.split_id, data_tag=r.source.tag)
+                     out, model=r.config["model"], split_id=r.split_id, data_tag=r.source.tag,
+                     adapted=adapted)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from common.datasource import DataSource
+from q2_ecg import splits
 from q2_ecg.beats import (
     HALF_WINDOW,
+    RR_NAMES,
     SEGMENT,
     build_table,
     centred_windows,
@@ -19,8 +21,8 @@ from q2_ecg.beats import (
 from q2_ecg.data import load_records
 from q2_ecg.metrics import confusion, summary_from_confusion, tune_logit_bias
 from q2_ecg.model import build_model, model_args
+from q2_ecg.persons import group_persons
 from q2_ecg.predict import predict
-from q2_ecg.splits import beat_split, check_split, lodo_split, patient_split, person
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +34,12 @@ def demo():
 def test_rr_features_by_hand():
     locs = np.array([0, 128, 256, 320, 512])         # RR 1, 1, 0.5 (premature), 1.5 s
     rr = rr_features(locs)
-    assert rr[3, 0] == 0.5 and rr[3, 1] == 1.5       # previous and next RR of the premature beat
-    assert rr[0, 0] == rr[0, 1] == 1.0               # the first beat borrows its next RR
-    assert rr[3, 2] == 1.0                           # local median ignores the one short RR
-    assert rr[3, 4] == pytest.approx(np.log(0.5))
+    col = {name: rr[:, k] for k, name in enumerate(RR_NAMES)}
+    assert rr.shape == (5, len(RR_NAMES))
+    assert col["rr_prev_s"][3] == 0.5 and col["rr_next_s"][3] == 1.5   # the premature beat
+    assert col["rr_prev_s"][0] == col["rr_next_s"][0] == 1.0   # the first beat borrows its next RR
+    assert col["log_prev_local"][3] == pytest.approx(np.log(0.5))      # local median: 1 s
+    assert col["log_prev2_sinus"][4] == col["log_prev_sinus"][3]
 
 
 def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
@@ -55,23 +59,51 @@ def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
     assert np.allclose(seg[0, n[0] - 1].item(), windows[0, HALF_WINDOW - 1].item(), atol=1e-6)
 
 
-def test_patient_split_is_disjoint_and_has_every_class(demo):
+def test_kfold_is_disjoint_by_person_and_tests_every_record_once(demo):
     records, table = demo
-    split = patient_split(records, table, seed=0)
-    who = person(records)[table.record]
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        assert not set(who[split == a]) & set(who[split == b])
-    assert not np.array_equal(split, patient_split(records, table, seed=1))
-    lodo = lodo_split(records, table, "svdb_npy")
-    assert set(records.source_db[table.record[lodo == "test"]]) == {"svdb_npy"}
-    with pytest.raises(AssertionError, match="persons in both"):
-        check_split(records, table, beat_split(table))           # the leaky split leaks
+    persons, _ = group_persons(records, table)
+    names, roles = splits.record_roles(records, table, persons, "kfold", 3, seed=0)
+    assert names == ["fold0", "fold1", "fold2"]
+    tested = np.concatenate([records.patient_id[r == "test"] for r in roles])
+    assert sorted(tested) == sorted(records.patient_id)
+    for r in roles:
+        beat_roles = r[table.record]
+        splits.check_split(persons[table.record], beat_roles, table.label, table.scored)
+        assert (r == "val").sum() >= 1 and (r == "train").sum() > (r == "val").sum()
+    _, other = splits.record_roles(records, table, persons, "kfold", 3, seed=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(roles, other))
+    names, lodo = splits.record_roles(records, table, persons, "lodo", 0, seed=0)
+    svdb = lodo[names.index("svdb")]
+    assert set(records.source_db[svdb == "test"]) == {"svdb_npy"}
+    leaky = splits.beat_roles(len(table.label), 0)
+    with pytest.raises(AssertionError, match="is in both"):
+        splits.check_split(persons[table.record], leaky, table.label, table.scored)
 
 
-def test_same_person_records_stay_together():
-    class R:
-        patient_id = np.array(["201", "202", "203"])
-    assert list(person(R)) == ["201", "201", "203"]
+def test_too_few_records_for_the_folds_is_refused_by_name(demo):
+    records, table = demo
+    persons, _ = group_persons(records, table)
+    with pytest.raises(splits.DataError, match="13-fold cross-validation needs at least 26"):
+        splits.record_roles(records, table, persons, "kfold", 13, seed=0)
+    only_mitdb = records.source_db.copy()
+    only_mitdb[:] = "mitdb_npy"
+    records.source_db, saved = only_mitdb, records.source_db
+    try:
+        with pytest.raises(splits.DataError, match="at least 2 databases"):
+            splits.record_roles(records, table, persons, "lodo", 0, seed=0)
+    finally:
+        records.source_db = saved
+
+
+def test_same_person_records_stay_together(demo):
+    records, table = demo
+    records.patient_id, saved = records.patient_id.copy(), records.patient_id
+    records.patient_id[:2] = ["201", "202"]
+    try:
+        persons, _ = group_persons(records, table)
+        assert persons[0] == persons[1]
+    finally:
+        records.patient_id = saved
 
 
 def test_metrics_match_sklearn():
@@ -114,7 +146,7 @@ class BeatIndexModel(torch.nn.Module):
 def test_chunked_prediction_returns_each_beats_own_output(demo, context):
     _, table = demo
     dev = table_to_device(table, "cpu")
-    dev["rr"] = torch.arange(len(table.label), dtype=torch.float32)[:, None].repeat(1, 8)
+    dev["rr"] = torch.arange(len(table.label), dtype=torch.float32)[:, None].repeat(1, len(RR_NAMES))
     beats = np.flatnonzero(table.scored)[::7]
     out = predict(BeatIndexModel(context), dev, beats, table.record, torch.device("cpu"))
     assert np.array_equal(out[:, 0], beats.astype(np.float32))
@@ -125,7 +157,7 @@ def test_model_shapes(name):
     model = build_model(**model_args(name, channels=(8, 8, 16)))
     length = model.cfg.context
     channels = 2 if model.cfg.template else 1
-    out = model(torch.randn(2, length, channels, 256), torch.randn(2, length, 8))
+    out = model(torch.randn(2, length, channels, 256), torch.randn(2, length, len(RR_NAMES)))
     assert out.shape == ((2, length) if name == "autoencoder" else (2, length, 3))
 
 
@@ -133,7 +165,7 @@ def test_resnet_overfits_one_batch():
     torch.manual_seed(0)
     model = build_model(**model_args("resnet", channels=(8, 16, 16)))
     windows = torch.randn(64, 1, 2, 256)
-    rr = torch.randn(64, 1, 8)
+    rr = torch.randn(64, 1, len(RR_NAMES))
     y = torch.randint(0, 3, (64,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(80):
