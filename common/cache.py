@@ -48,7 +48,7 @@ def load_or_build(path: Path, build: Callable[[], Arrays], validate: Callable[[A
                 path.unlink()
             except OSError as err:
                 raise CacheError(f"cache {path} is unusable and cannot be removed "
-                                 f"({err.strerror}): delete it by hand or {HINT}") from err
+                                 f"({err.strerror or err}): delete it by hand or {HINT}") from err
     arrays = build()
     validate(arrays)
     try:

@@ -88,8 +88,8 @@ def run_main(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:   # e.g. a results folder that cannot be created
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun with --resume to continue from the last checkpoint",

@@ -8,6 +8,7 @@ data with the same configuration, except for settings that do not change what is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import sys
@@ -33,39 +34,60 @@ def run_name(*parts: Any) -> str:
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[Path]:
-    """Hold `folder/.lock` while a run writes the folder; refuse if a live process holds it.
+    """Hold `folder/.lock` while a run writes the folder; refuse if another run holds it.
 
-    A lock left by a process that no longer runs (killed with SIGKILL) is cleared with a notice,
-    and so are that process's temporary files.
+    The lock is an exclusive flock on the file (the kernel drops it when its process dies, so
+    two processes can never both hold it), and the file names the holder's pid and host for the
+    message and for runs on another machine sharing the folder. A file left by a killed run on
+    this host is cleared with a notice, and so are that run's temporary files.
     """
     require_writable(folder, "results")
     lock = folder / ".lock"
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            break
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is not None:
-                raise RunError(f"{folder} is being written by another run (pid {owner}); wait "
-                               "for it to finish, stop it, or choose another --name/--seed") from None
+    fd = _acquire(lock, folder)
+    try:
+        owner = os.read(fd, 200).decode(errors="replace").strip()
+        if owner:
             print(f"notice: clearing the stale lock of a run that no longer exists in {folder}",
                   file=sys.stderr)
-            lock.unlink(missing_ok=True)
-    else:
-        raise RunError(f"cannot lock {folder}: {lock} keeps reappearing")
-    with os.fdopen(fd, "w") as f:
-        f.write(me)
-    remove_orphans(folder)
-    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}".encode(), 0)
+        remove_orphans(folder)
         yield folder
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)      # while still holding it: see _acquire
+        os.close(fd)
+
+
+def _acquire(lock: Path, folder: Path) -> int:
+    """An fd of `lock` holding its flock, refusing a live holder (here or on another host)."""
+    busy = (f"{folder} is being written by another run (pid {{}}); wait for it to finish, "
+            "stop it, or choose another --name/--seed")
+    for _ in range(20):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_owner(lock)
+            os.close(fd)
+            raise RunError(busy.format(pid if pid is not None else "unknown")) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:          # the holder removed this file as we opened it: take the new one
+            os.close(fd)
+            continue
+        pid = _lock_owner(lock)
+        if pid is not None:   # a pid file of a live run that holds no flock (another host ...)
+            os.close(fd)
+            raise RunError(busy.format(pid))
+        return fd
+    raise RunError(f"cannot lock {folder}: {lock} keeps being replaced")
 
 
 def _lock_owner(lock: Path) -> int | None:
-    """The pid holding `lock` if that process is alive on this host, else None (stale)."""
+    """The pid a lock file names if that run may be alive (alive here, or on another host),
+    else None (empty, unreadable, or a dead process of this host)."""
     try:
         pid, host = lock.read_text().split(maxsplit=1)
         pid = int(pid)

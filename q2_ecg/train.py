@@ -47,6 +47,7 @@ from q2_ecg.prediction_file import save_predictions
 
 LODO_FOLDS = [db.removesuffix("_npy") for db in splits.DATABASES]
 IMBALANCE = ("weight", "sample", "logit-adjust")
+OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv")
 MONITORED = ("abnormal_macro_f1", "macro_f1", "NOR_f1", "SVEB_f1", "VEB_f1", "normal_f1",
              "abnormal_f1", "abnormal_se", "abnormal_ppv")
 
@@ -150,6 +151,9 @@ def setup(args) -> SimpleNamespace:
     split, split_file, persons = splits.open_split(root, r.source.tag, records, r.table,
                                                    args.split, args.folds, args.seed)
     r.fold = fold_name(args)
+    if r.fold not in split["folds"]:
+        raise cli.DataError(f"--fold {r.fold}: {r.source.label} has no such fold; its "
+                            f"{args.split} folds: {' | '.join(split['folds'])}")
     r.roles = splits.beat_role_array(split, r.fold, records, r.table)
     splits.check_split(persons[r.table.record], r.roles, r.table.label, r.table.scored,
                        record_level=args.split != "beat")
@@ -188,8 +192,7 @@ def setup(args) -> SimpleNamespace:
         restore(ck, r.model, r.ema, r.opt, r.scaler)
         set_rng_state(r.gen, ck["rng"], r.dgen)
         r.start_epoch, r.history, r.best = ck["epoch"], ck["history"], ck["best_metric"]
-    elif (r.out / "checkpoint.pt").exists() and not args.dry_run:
-        print(f"notice: {r.out} holds an earlier run; it is replaced (use --resume to continue)")
+    r.fresh = not (args.resume and r.start_epoch)
     r.step_model = torch.compile(r.model) if args.compile else r.model
     r.amp, r.precision = precision(r.device)
     return r
@@ -279,6 +282,12 @@ def train(args) -> dict:
         print(f"dry run: one batch, loss {train_step(r, chunks, length).item():.4f}")
         return {}
     with locked(r.out):
+        if r.fresh:       # a killed replacement must never leave the earlier run's results
+            replaced = [f for f in OUTPUTS if (r.out / f).exists()]
+            if replaced:
+                print(f"notice: replacing the earlier run in {r.out} (--resume continues one)")
+            for name in replaced:
+                (r.out / name).unlink()
         write_json(r.out / "split.json", r.split_entry)
         for epoch in range(r.start_epoch, args.epochs):
             best_epoch = max((h["epoch"] for h in r.history if h["score"] == r.best), default=0)

@@ -111,7 +111,7 @@ def test_bootstrap_additive_matches_index_bootstrap():
 def test_resolve_sources(tmp_path, capsys):
     assert resolve("demo", hub_cached=False).tag == "demo"
     folder = resolve(str(tmp_path), hub_cached=False)
-    assert folder.kind == "folder" and folder.tag == f"local-{tmp_path.name}"
+    assert folder.kind == "folder" and folder.tag.startswith(f"local-{tmp_path.name}-")
     with pytest.raises(DataSourceError, match="existing folder"):
         resolve(str(tmp_path / "nope"), hub_cached=False)
     assert resolve("auto", hub_cached=True).kind == "hub"

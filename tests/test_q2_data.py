@@ -127,3 +127,77 @@ def test_annotation_offsets_from_the_qrs_peak():
     assert stats["mitdb_npy"]["median_abs_offset_ms"] == 0 and stats["mitdb_npy"]["within_2_samples"] == 1
     assert stats["svdb_npy"]["median_abs_offset_ms"] == pytest.approx(3 * 1000 / 128)
     assert stats["svdb_npy"]["within_2_samples"] == 0
+
+
+# ---------------------------------------------------------------- folders of other files (issue 7)
+
+def _write_mri_parquet(folder):
+    """A one-slice parquet file in Q1's schema (patient_id, split, view, t1, t2)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    image = [[[0.0] * 4] * 4]
+    pq.write_table(pa.table({"patient_id": ["p1"], "split": ["train"], "view": ["axial"],
+                             "t1": [image], "t2": [image]}), folder / "train.parquet")
+    return folder
+
+
+def _refused_by_name(folder):
+    return re.escape(f"{folder} holds MRI slices (Q1's schema: t1, t2, view), not ECG records; "
+                     "use it with make q1 / q1_mri")
+
+
+def test_mri_folder_is_refused_by_name_before_rows_are_read(tmp_path, monkeypatch):
+    import datasets
+
+    from common.cli import DataError
+    from q2_ecg.data import resolve_source
+
+    def no_rows(*_, **__):
+        raise AssertionError("datasets read the rows")
+    monkeypatch.setattr(datasets, "load_dataset", no_rows)
+    folder = _write_mri_parquet(tmp_path / "mri")
+    with pytest.raises(DataError, match=_refused_by_name(folder)):
+        load_records(resolve_source(str(folder)))
+
+
+def test_real_mri_folder_is_refused_by_name():
+    from common.cli import DataError
+
+    folder = shared_data("mri")
+    with pytest.raises(DataError, match=_refused_by_name(folder)):
+        load_records(DataSource("folder", folder, "local-mri"))
+
+
+def test_parquet_of_another_schema_is_refused_by_file_name(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from common.cli import DataError
+
+    folder = tmp_path / "ecg"
+    _write_parquet(folder, [_record("a")])
+    pq.write_table(pa.table({"patient_id": ["b"], "signal": [[0.1, 0.2]]}), folder / "extra.parquet")
+    with pytest.raises(DataError, match=re.escape(
+            f"{folder / 'extra.parquet'}: missing column(s) ['source_db', 'sampling_rate', "
+            "'beat_locs', 'beat_labels']")):
+        load_records(DataSource("folder", folder, "local-ecg-mixed"))
+    (folder / "extra.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=re.escape(f"{folder / 'extra.parquet'}: not a readable "
+                                                  "parquet file")):
+        load_records(DataSource("folder", folder, "local-ecg-broken"))
+
+
+def test_non_parquet_and_hidden_files_in_an_ecg_folder_are_ignored(tmp_path):
+    from q2_ecg.data import resolve_source
+
+    folder = tmp_path / "ecg"
+    _write_parquet(folder, [_record("a"), _record("b")])
+    tag = resolve_source(str(folder)).tag
+    (folder / "README.md").write_text("# ECG records\n")
+    (folder / "notes.txt").write_text("downloaded from the hub")
+    _write_parquet(folder / ".trash", [_record("old")])       # hidden: not data, not hashed
+    source = resolve_source(str(folder))
+    assert source.tag == tag
+    assert list(load_records(source).patient_id) == ["a", "b"]
