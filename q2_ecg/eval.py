@@ -261,7 +261,8 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
     results, oof, histories = defaultdict(dict), {}, {}
     for (method, scheme), per_seed in sorted(groups.items()):
         binary = next(iter(per_seed.values()))[0].preds.score is not None
-        entry = {"description": DESCRIPTIONS.get(method.split("-")[0], method), "seeds": {}}
+        entry = {"description": DESCRIPTIONS.get(method) or DESCRIPTIONS.get(method.split("-")[0], method),
+                 "seeds": {}}
         for seed, runs in sorted(per_seed.items()):
             runs.sort(key=lambda r: r.fold)
             s = {"runs": [r.folder.name for r in runs], **assess(runs, False, binary)}

@@ -142,3 +142,19 @@ def contrast_table(metrics: dict, scheme: str) -> Markdown:
                 t = _first_seed(entry)["pooled"]
                 rows.append([name, what] + [t[k]["value"] if k in t else None for k in HEAD])
     return table(["method", "scheme"] + [label(k) for k in HEAD], rows)
+
+
+def imbalance_table(metrics: dict) -> Markdown:
+    """The ResNet under each way of handling the imbalance: its inner-validation score (what
+    the choice may use) beside the out-of-fold numbers (what it is worth on unseen persons)."""
+    rows = []
+    for name, m in metrics["models"]["kfold"].items():
+        if not name.startswith("resnet") or not m.get("imbalance"):
+            continue
+        seed = _first_seed(m)
+        inner = [t["val_score"] for t in seed["tuned"].values() if "val_score" in t]
+        t = seed["pooled"]
+        rows.append([name, m["imbalance"], sum(inner) / len(inner) if inner else None]
+                    + [t[k]["value"] if k in t else None for k in HEAD])
+    return table(["method", "imbalance handling", "inner-validation mean F1 (SVEB, VEB)"]
+                 + [f"out of fold {label(k)}" for k in HEAD], rows)
