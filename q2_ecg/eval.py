@@ -23,12 +23,13 @@ import numpy as np
 from common import cli
 from common.io import read_csv, read_json, savez, write_json
 from common.results import evaluation_dirs, provenance
-from common.stats import bootstrap_additive, patient_bootstrap
+from common.stats import bootstrap_additive
 from q2_ecg.beats import HALF_WINDOW, build_table
 from q2_ecg.data import load_records, resolve_source
 from q2_ecg.metrics import (
     HEADLINE,
     confusion,
+    ranking_bootstrap,
     ranking_metrics,
     summary_from_confusion,
     tune_logit_bias,
@@ -139,11 +140,10 @@ def score(y: np.ndarray, pred: np.ndarray, p_abnormal: np.ndarray | None, record
             n_boot=n_boot)
         out[metric] = {"value": value, "ci95": [low, high]}
     if p_abnormal is not None and len(np.unique(p_abnormal)) > 1:
+        points = ranking_metrics(y, p_abnormal)
+        intervals = ranking_bootstrap(y, p_abnormal, record, n_boot)
         for name in ("auroc", "auprc"):
-            value, low, high = patient_bootstrap(
-                record, lambda idx, n=name: ranking_metrics(y[idx], p_abnormal[idx])[n],
-                n_boot=n_boot // 5)
-            out[name] = {"value": value, "ci95": [low, high]}
+            out[name] = {"value": points[name], "ci95": intervals[name]}
     out["confusion"] = confusion(y, pred).tolist()
     out["beats"], out["records"] = int(len(y)), int(len(records))
     return out

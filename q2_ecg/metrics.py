@@ -86,3 +86,38 @@ def tune_logit_bias(logits: np.ndarray, y_true: np.ndarray, grid: np.ndarray = B
             if score > best + 1e-9:
                 best, best_bias = score, bias
     return best_bias
+
+
+def ranking_bootstrap(y_true: np.ndarray, p_abnormal: np.ndarray, record: np.ndarray,
+                      n_boot: int = 1000, bins: int = 2000, seed: int = 0, level: float = 0.95
+                      ) -> dict[str, list[float]]:
+    """Record-bootstrap 95 % intervals of AUROC and AUPRC, from per-record score histograms.
+
+    Re-running scikit-learn on 400k beats for every resample takes minutes; instead the scores
+    are cut into `bins` quantile bins, each record contributes its (bins, 2) counts of normal and
+    abnormal beats, and a resample is a weighted sum of those histograms. Ties inside a bin
+    count half, as scikit-learn does for equal scores; with 2,000 bins the point values agree
+    with scikit-learn to about 1e-3 (the points themselves come from `ranking_metrics`).
+    """
+    edges = np.unique(np.quantile(p_abnormal, np.linspace(0, 1, bins + 1)[1:-1]))
+    b = np.searchsorted(edges, p_abnormal, side="right")
+    records, inverse = np.unique(record, return_inverse=True)
+    hist = np.zeros((len(records), len(edges) + 1, 2))
+    np.add.at(hist, (inverse, b, (y_true > 0).astype(int)), 1)
+    picks = np.random.default_rng(seed).integers(0, len(records), (n_boot, len(records)))
+    weights = np.stack([np.bincount(p, minlength=len(records)) for p in picks])
+    counts = np.einsum("br,rkc->bkc", weights.astype(np.float64), hist)    # (B, bins, 2)
+    neg, pos = counts[..., 0], counts[..., 1]
+    n_neg, n_pos = neg.sum(1), pos.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = np.cumsum(neg, 1) - neg                                   # negatives under a bin
+        auroc = (pos * (below + 0.5 * neg)).sum(1) / (n_pos * n_neg)
+        tp, fp = np.cumsum(pos[:, ::-1], 1), np.cumsum(neg[:, ::-1], 1)   # from the top bin down
+        auprc = (tp / (tp + fp) * pos[:, ::-1]).sum(1) / n_pos
+    alpha = (1 - level) / 2
+    out = {}
+    for name, values in (("auroc", auroc), ("auprc", auprc)):
+        v = values[np.isfinite(values)]
+        out[name] = ([float(x) for x in np.quantile(v, [alpha, 1 - alpha])]
+                     if len(v) >= n_boot // 2 else [float("nan")] * 2)
+    return out

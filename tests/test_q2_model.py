@@ -174,3 +174,18 @@ def test_resnet_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
+
+
+def test_binned_ranking_bootstrap_matches_resampling_with_sklearn():
+    from common.stats import patient_bootstrap
+    from q2_ecg.metrics import ranking_bootstrap, ranking_metrics
+
+    rng = np.random.default_rng(0)
+    record = rng.integers(0, 20, 4000)
+    y = (rng.random(4000) < 0.05 + 0.01 * record).astype(int)
+    score = rng.normal(size=4000) + 1.5 * y + 0.03 * record
+    fast = ranking_bootstrap(y, score, record, n_boot=400)
+    for name in ("auroc", "auprc"):
+        _, low, high = patient_bootstrap(record, lambda i, n=name: ranking_metrics(y[i], score[i])[n],
+                                         n_boot=400)
+        assert fast[name] == pytest.approx([low, high], abs=0.01)
