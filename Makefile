@@ -24,7 +24,7 @@ Q2_LEAKY  ?= resnet
 SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q2 q2-final demo demo-q1 demo-q2 bench notebooks clean
+.PHONY: help setup test lint q1 q1-final q2 q2-final demo demo-q1 demo-q2 bench notebooks clean
 
 ## List the targets
 help:
@@ -49,14 +49,27 @@ test: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-## Q1: EDA (1.A), train the U-Net, the TransUNet(+GAN) and its no-GAN ablation, evaluate
+# Q1 protocol: Q1_MODELS x Q1_FOLDS-fold patient cross-validation over every patient (the Hub:
+# its official validation split is the test set), the baselines on the same folds
+Q1_MODELS ?= unet unet25d
+Q1_FOLDS  ?= 4
+Q1_SPLIT  ?= $(if $(filter hub,$(Q1_DATA)),official,kfold)
+Q1_FOLD_LIST = $(if $(filter kfold,$(Q1_SPLIT)),$(shell seq 0 $$(($(Q1_FOLDS) - 1))),single)
+
+## Q1: EDA (1.A), Q1_FOLDS-fold CV of the U-Net and the 2.5-D U-Net, baselines, evaluation from files
 q1: setup
 	$(PYTHON) -m q1_mri.eda --data "$(Q1_DATA)"
-	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model unet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model transunet $(RESUME_FLAG) $(Q1_ARGS)
-	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model transunet --adv-weight 0 \
-	  --name transunet-noadv $(RESUME_FLAG) $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.baselines --data "$(Q1_DATA)" --split $(Q1_SPLIT) --folds $(Q1_FOLDS)
+	@set -e; for model in $(Q1_MODELS); do for fold in $(Q1_FOLD_LIST); do \
+	  echo "== q1 $$model $(Q1_SPLIT) $$fold"; \
+	  $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model $$model --split $(Q1_SPLIT) \
+	    --folds $(Q1_FOLDS) $$([ $$fold = single ] || echo --fold $$fold) $(RESUME_FLAG) $(Q1_ARGS); \
+	done; done
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
+
+## Q1: the deployable model, trained on every patient with the model and schedule the CV chose
+q1-final: setup
+	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --split all --from-cv $(Q1_ARGS)
 
 ## Q2: EDA (2.A), k-fold cross-validation of Q2_MODELS over SEEDS seeds, LODO, baselines, evaluation
 q2: setup
@@ -88,7 +101,7 @@ q2-final: setup
 demo: demo-q1 demo-q2
 
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
 
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \

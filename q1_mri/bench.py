@@ -30,7 +30,7 @@ def resident_batches(split, device, batch_size, gen):
 
     def next_batch():
         idx = torch.randint(0, n, (batch_size,), generator=gen).to(device)
-        return augment(data["t1"][idx].float(), data["t2"][idx].float(), gen)
+        return augment(data["t1"][idx].float(), data["t2"][idx].float(), data["view"][idx], gen)
     return next_batch
 
 
@@ -39,10 +39,12 @@ def dataloader_batches(split, device, batch_size, gen, workers):
     import datasets
 
     t1, t2, _ = normalise(split)
-    table = datasets.Dataset.from_dict({"t1": list(t1), "t2": list(t2)})
+    table = datasets.Dataset.from_dict({"t1": list(t1), "t2": list(t2),
+                                        "view": list(split.view_index)})
 
     def to_tensors(batch):
-        return {k: [torch.tensor(np.asarray(x, np.float32)) for x in batch[k]] for k in batch}
+        return {k: [torch.tensor(np.asarray(x, np.int64 if k == "view" else np.float32))
+                    for x in batch[k]] for k in batch}
     loader = torch.utils.data.DataLoader(table.with_transform(to_tensors), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, drop_last=True,
                                          generator=gen)
@@ -55,7 +57,8 @@ def dataloader_batches(split, device, batch_size, gen, workers):
         except StopIteration:
             iterator = iter(loader)
             batch = next(iterator)
-        return augment(batch["t1"].to(device), batch["t2"].to(device), gen)
+        return augment(batch["t1"].to(device), batch["t2"].to(device), batch["view"].to(device),
+                       gen)
     return next_batch
 
 

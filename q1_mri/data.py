@@ -33,6 +33,20 @@ PERCENTILE = 99.5
 NORMALISATION = (f"per-volume: each patient's T1 and T2 divided by the {PERCENTILE}th percentile "
                  "of that patient's brain pixels (all views), clipped to [0, 1]; background = 0")
 DATA_RANGE = 1.0   # of normalised images; used by PSNR and SSIM
+# The units models are trained and predictions are stored in (the name travels with every
+# prediction file), and the scales a prediction is scored in. The first is an oracle gain: the
+# target T2 is scaled by its own brain percentile, which a deployed model could not know.
+SCALE = "per-volume-p99.5"
+SCALES = {
+    SCALE: (f"oracle gain: the true T2 divided by the {PERCENTILE}th percentile of the same "
+            "patient's brain T2 pixels (uses the target itself), clipped to [0, 1]"),
+    "t1-derived": (f"no oracle: the true T2 divided by r x the {PERCENTILE}th percentile of the "
+                   "patient's brain T1 pixels, r = median T2/T1 percentile ratio of the training "
+                   "patients of the fold, clipped to [0, 1]; the prediction as it is"),
+}
+# Left-right is the row axis (-2) of axial and coronal slices (rows run right->left); a
+# sagittal slice has no left-right axis in its plane, so it is never flipped.
+LR_FLIP_VIEWS = ("axial", "coronal")
 
 
 @dataclass
@@ -56,6 +70,33 @@ class MRISplit:
     def view_index(self) -> np.ndarray:
         """(N,) int64 index into VIEWS."""
         return np.searchsorted(np.array(VIEWS), self.view)
+
+
+@dataclass
+class Slices(MRISplit):
+    """Slices of several source splits in one set, with where each came from (see `pool`)."""
+    split: np.ndarray | None = None   # (N,) str: the source split of each slice
+    row: np.ndarray | None = None     # (N,) int64: its row in that split
+
+    def select(self, rows: np.ndarray) -> Slices:
+        """The slices at integer indices `rows` (order kept)."""
+        return Slices(self.t1[rows], self.t2[rows], self.patient_id[rows], self.view[rows], 0,
+                      self.split[rows], self.row[rows])
+
+
+def pool(splits: dict[str, MRISplit], names: list[str] | None = None) -> Slices:
+    """The slices of `names` (default: every split the source holds, in SPLITS order) as one set.
+
+    Patients are never shared between splits (load_mri refuses that), so pooling keeps every
+    patient's slices together and in their row order.
+    """
+    names = [s for s in SPLITS if s in splits] if names is None else names
+    parts = [splits[s] for s in names]
+    return Slices(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("t1", "t2", "patient_id", "view")),
+                  skipped_empty=sum(p.skipped_empty for p in parts),
+                  split=np.concatenate([np.full(len(p), s) for s, p in zip(names, parts)]),
+                  row=np.concatenate([np.arange(len(p)) for p in parts]))
 
 
 # ---------------------------------------------------------------- reading the sources
@@ -236,8 +277,8 @@ class MRISplits(dict):
 
     def __missing__(self, split: str):
         raise DataError(f"{self.name} has no {split} split (it holds only {', '.join(self)}): "
-                        "training and same-source evaluation need both train and validation; "
-                        "a single split can be evaluated as an external set with "
+                        "--split official needs both train and validation; use --split kfold "
+                        "or --split all, or evaluate it as an external set with "
                         "python -m q1_mri.eval --data <folder> --trained-on <source>")
 
 
@@ -283,6 +324,20 @@ def volume_scales(images: np.ndarray, patient_id: np.ndarray) -> dict[str, float
         brain = values[values != 0]
         scales[pid] = float(np.percentile(brain, PERCENTILE)) if brain.size else 1.0
     return scales
+
+
+def t2_t1_ratio(t1_scales: dict[str, float], t2_scales: dict[str, float], patients) -> float:
+    """Median over `patients` of (T2 brain percentile / T1 brain percentile), from
+    `volume_scales` of each contrast: the training statistic behind the "t1-derived" scale."""
+    return float(np.median([t2_scales[p] / t1_scales[p] for p in patients]))
+
+
+def t1_derived_t2(t2: np.ndarray, patient_id: np.ndarray, t1_scales: dict[str, float],
+                  ratio: float) -> np.ndarray:
+    """(N, 1, 64, 64) float32: raw T2 slices divided by `ratio` x their patient's T1 brain
+    percentile, clipped to [0, 1] (the "t1-derived" scale: the target's own intensities unused)."""
+    divisor = np.array([ratio * t1_scales[p] for p in patient_id], np.float32)[:, None, None, None]
+    return np.clip(t2.astype(np.float32) / divisor, 0.0, 1.0)
 
 
 def normalise(split: MRISplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

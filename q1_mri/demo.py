@@ -7,6 +7,12 @@ necrotic core) inside a larger vasogenic oedema. Intensities follow the spin-ech
 equation with 1.5 T relaxation times, then get partial-volume blur, a smooth bias field, Rician
 noise and a per-patient gain (validation ~2x brighter, as in the hub data). This lets the
 T1->T2 pipeline, its plots and metrics run offline on realistic contrast, small and deterministic.
+
+Orientation as in the real data (../shared/data/mri/README.md, the BraTS array convention
++i = left, +j = posterior, +k = superior): axial slices vol[:, :, k] have rows running
+right->left and columns anterior->posterior; coronal vol[:, k, :] rows right->left, columns
+inferior->superior; sagittal vol[k, :, :] rows anterior->posterior, columns inferior->superior
+(superior toward the right). Slices of each view are in slice order.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-VIEWS = ("axial", "coronal", "sagittal")  # slicing along array axes 0 (S-I), 1 (A-P), 2 (L-R)
+VIEWS = ("axial", "coronal", "sagittal")
+SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}   # of a volume in the BraTS convention
 TISSUES = ("background", "wm", "gm", "csf", "oedema", "tumour", "necrosis")  # label = index
 # Per-tissue T1 [ms], T2 [ms] and relative proton density at ~1.5 T (background: PD 0, no signal).
 T1_MS = np.array([1.0, 600.0, 950.0, 4000.0, 1600.0, 1200.0, 2500.0])
@@ -121,15 +128,22 @@ def _slice_indices(mask: np.ndarray, axis: int, n: int) -> np.ndarray:
     return candidates[np.linspace(0, len(candidates) - 1, n).round().astype(int)]
 
 
+def to_brats(volume: np.ndarray) -> np.ndarray:
+    """A phantom volume (axes superior->inferior, anterior->posterior, left->right) in the
+    BraTS array convention (axes right->left, anterior->posterior, inferior->superior)."""
+    return np.ascontiguousarray(volume.transpose(2, 1, 0)[::-1, :, ::-1])
+
+
 def _patient_slices(
     rng: np.random.Generator, has_tumour: bool, gain: float, slices_per_view: int
 ) -> dict[str, np.ndarray]:
     """All slices of one patient: view (M,) str and t1, t2, labels (M, 1, GRID, GRID)."""
     labels = _labels(rng, has_tumour)
-    volumes = {**_acquire(rng, labels, gain), "labels": labels}
+    volumes = {k: to_brats(v) for k, v in {**_acquire(rng, labels, gain), "labels": labels}.items()}
     columns: dict[str, list[np.ndarray]] = {"view": [], **{k: [] for k in volumes}}
-    for axis, view in enumerate(VIEWS):
-        idx = _slice_indices(labels > 0, axis, slices_per_view)
+    for view in VIEWS:
+        axis = SLICE_AXIS[view]
+        idx = _slice_indices(volumes["labels"] > 0, axis, slices_per_view)
         columns["view"].append(np.full(len(idx), view))
         for key, vol in volumes.items():
             columns[key].append(np.moveaxis(np.take(vol, idx, axis=axis), axis, 0)[:, None])

@@ -1,4 +1,5 @@
-"""Q1 models: a residual U-Net, the same U-Net with a transformer bottleneck, and a PatchGAN critic.
+"""Q1 models: a residual U-Net (2-D or 2.5-D input), the same U-Net with a transformer bottleneck,
+and a PatchGAN critic.
 
 U-Net: Ronneberger et al. 2015. Upsampling is bilinear interpolation followed by a 3x3
 convolution: transposed convolutions left checkerboard artefacts on these images (Odena et al.
@@ -7,6 +8,9 @@ between near-empty edge slices and central ones, and GroupNorm does not depend o
 Transformer bottleneck: TransUNet (Chen et al. 2021) idea, at 8x8 = 64 tokens so attention is
 cheap; it lets every position see the whole slice (left-right symmetry, global tissue contrast).
 PatchGAN: the conditional discriminator of pix2pix (Isola et al. 2017).
+2.5-D input: the slice and its `neighbours` adjacent slices on each side (same patient and view)
+as input channels, so the network sees through-plane context while predicting one slice; the
+neighbours come from q1_mri.neighbours, which verifies the data's slice order first.
 """
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ class UNetConfig:
     transformer_layers: int = 0  # 0: plain U-Net; >0: transformer bottleneck
     heads: int = 4
     image_size: int = 64        # for the bottleneck's positional embedding
+    neighbours: int = 0         # adjacent slices per side as extra input channels (0: 2-D)
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.neighbours + 1
 
 
 def norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -72,18 +81,20 @@ class TransformerBottleneck(nn.Module):
 
 
 class UNet(nn.Module):
-    """T1 -> T2 translator. (N, 1, H, W) normalised T1 -> (N, 1, H, W) normalised T2.
+    """T1 -> T2 translator. (N, C, H, W) normalised T1 -> (N, 1, H, W) normalised T2.
 
-    H and W must be divisible by 2**(levels - 1). The images are skull-stripped, so the output
-    is set to exactly 0 where T1 is 0: a small offset on the empty background would otherwise
-    dominate SSIM there (its stabilising constants are tiny) and waste the model's capacity.
+    C = 2 * neighbours + 1 channels: the slice to translate in the middle, its neighbours in
+    slice order around it (C = 1 for the 2-D model). H and W must be divisible by
+    2**(levels - 1). The images are skull-stripped, so the output is set to exactly 0 where the
+    middle slice's T1 is 0: a small offset on the empty background would otherwise dominate SSIM
+    there (its stabilising constants are tiny) and waste the model's capacity.
     """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
         chans = [cfg.base_channels * 2 ** i for i in range(cfg.levels)]
-        self.stem = nn.Conv2d(1, chans[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
         self.down = nn.ModuleList(ResBlock(c_in, c_out, cfg.groups) for c_in, c_out
                                   in zip([chans[0]] + chans[:-1], chans))
         lowest = cfg.image_size // 2 ** (cfg.levels - 1)
@@ -106,7 +117,8 @@ class UNet(nn.Module):
         for i in reversed(range(self.cfg.levels - 1)):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([self.up_conv[i](x), skips.pop()], dim=1))
-        return self.head(x) * (t1 > 0)
+        middle = t1[:, self.cfg.neighbours:self.cfg.neighbours + 1]   # (N, 1, H, W)
+        return self.head(x) * (middle > 0)
 
 
 class PatchDiscriminator(nn.Module):
@@ -132,6 +144,7 @@ class PatchDiscriminator(nn.Module):
 
 MODELS = {
     "unet": UNetConfig(),
+    "unet25d": UNetConfig(neighbours=1),
     "transunet": UNetConfig(transformer_layers=4),
 }
 

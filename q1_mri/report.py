@@ -1,19 +1,24 @@
-"""Q1 tables for the notebook, built from results/q1/<source>/metrics.json."""
+"""Q1 tables for the notebook, built from results/q1/<source>/metrics.json (q1_mri.eval).
+
+Every number is a mean over patients of per-patient means; the scale it is in is named in the
+table (the oracle per-volume p99.5 unless said otherwise).
+"""
 from __future__ import annotations
 
 import numpy as np
 from IPython.display import Markdown
 
-from common.report import table, with_ci
+from common.report import table
 from q1_mri.data import SPLITS, VIEWS, MRISplit
 
 LABELS = {"masked_ssim": "SSIM", "masked_psnr": "PSNR (dB)", "masked_mae": "MAE",
           "ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
+T1_SCALE = "t1-derived"
 
 
 def counts_table(splits: dict[str, MRISplit]) -> Markdown:
     rows = [[s, len(np.unique(splits[s].patient_id)), len(splits[s])]
-            + [int((splits[s].view == v).sum()) for v in VIEWS] for s in SPLITS]
+            + [int((splits[s].view == v).sum()) for v in VIEWS] for s in SPLITS if s in splits]
     return table(["split", "patients", "slices"] + list(VIEWS), rows)
 
 
@@ -21,6 +26,8 @@ def intensity_table(stats: dict) -> Markdown:
     """Raw brain-pixel statistics per split and contrast, from eda_stats.json."""
     rows = []
     for s in SPLITS:
+        if s not in stats["splits"]:
+            continue
         for c in ("t1", "t2"):
             st = stats["splits"][s][c]
             rows.append([s, c.upper(), st["brain_median"], st["brain_p99_5"], st["max"],
@@ -30,40 +37,88 @@ def intensity_table(stats: dict) -> Markdown:
 
 
 def models_table(metrics: dict) -> Markdown:
+    """What each method is and what it cost (training time summed over the folds)."""
     rows = [[name, m.get("parameters"), m.get("epochs"), m.get("wall_time_s"),
              m.get("slices_per_s"), m.get("device"), m["description"]]
             for name, m in metrics["methods"].items()]
-    return table(["method", "parameters", "epochs", "training time (s)", "slices/s", "device",
-                  "what it is"], rows)
+    return table(["method", "parameters", "epochs", "training time, all folds (s)", "slices/s",
+                  "device", "what it is"], rows)
 
 
 def overfitting_table(metrics: dict) -> Markdown:
-    """Brain SSIM on the training and validation monitor subsets at the last epoch, and the
-    validation peak (reported only; the final weights are what gets evaluated)."""
-    rows = [[name, m["monitor"]["final_train_masked_ssim"], m["monitor"]["final_validation_masked_ssim"],
-             f"{m['monitor']['peak_validation_masked_ssim']:.3f} (epoch {m['monitor']['peak_epoch']})"]
-            for name, m in metrics["methods"].items() if "monitor" in m]
-    return table(["model", "train SSIM, last epoch", "validation SSIM, last epoch",
-                  "validation SSIM, best epoch"], rows)
+    """Brain SSIM on the training and held-out monitor subsets at the last epoch (mean over
+    folds), and where the held-out curve peaks (reported only; the final weights are what is
+    evaluated)."""
+    rows = [[name, m["monitor"]["final_train_masked_ssim"], m["monitor"]["final_heldout_masked_ssim"],
+             f"{m['monitor']['peak_heldout_masked_ssim']:.3f} (epoch {m['monitor']['peak_epoch']})"]
+            for name, m in metrics["methods"].items() if m.get("monitor")]
+    return table(["model", "train SSIM, last epoch", "held-out SSIM, last epoch",
+                  "held-out SSIM, best epoch"], rows)
 
 
-def metrics_table(metrics: dict, masked: bool = True) -> Markdown:
-    """Mean of per-slice values (95 % patient-bootstrap interval), overall and per view."""
+def _stat(s: dict, digits: int) -> str:
+    """'0.812 (0.790–0.830)' with a patient-bootstrap interval, else '0.812 ± 0.020' (sd over
+    patients)."""
+    if s.get("ci95"):
+        low, high = s["ci95"]
+        return f"{s['mean']:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+    sd = s.get("sd")
+    return f"{s['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd == sd and sd is not None else "")
+
+
+def metrics_table(metrics: dict, masked: bool = True, scale: str | None = None) -> Markdown:
+    """Mean over patients of per-patient means, overall and per view, with a 95 % patient
+    bootstrap interval (>= 5 patients) or ± sd over patients."""
+    scale = scale or metrics["headline_scale"]
     keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr", "mae")]
     rows = []
     for name, m in metrics["methods"].items():
-        for view, agg in [("all", m["overall"]), *m["per_view"].items()]:
-            rows.append([name, view] + [with_ci(agg[k], 2 if "psnr" in k else 3) for k in keys])
-    return table(["method", "view"] + [LABELS[k] for k in keys], rows)
+        sc = m["scores"][scale]
+        for view, agg in [("all", sc["overall"]), *sc["per_view"].items()]:
+            rows.append([name, view] + [_stat(agg[k], 2 if "psnr" in k else 3) for k in keys])
+    region = "brain" if masked else "whole image"
+    return table(["method", "view"] + [f"{LABELS[k]} ({region}, {scale})" for k in keys], rows)
 
 
 def pooled_table(metrics: dict) -> Markdown:
-    """Pixel-pooled values and the spread over patients (mean ± std of per-patient means)."""
+    """The headline (mean over patients) beside the slice-weighted mean it replaces, and the
+    same in the T1-derived scale: what the weighting and the oracle gain are worth."""
+    head = metrics["headline_scale"]
     rows = []
     for name, m in metrics["methods"].items():
-        o = m["overall"]
-        rows.append([name] + [f"{o[k]['pooled']:.3f}" if "psnr" not in k else f"{o[k]['pooled']:.2f}"
-                              for k in ("masked_ssim", "masked_psnr", "masked_mae")]
-                    + [f"{o['masked_ssim']['patient_mean']:.3f} ± {o['masked_ssim']['patient_std']:.3f}"])
-    return table(["method", "SSIM pooled", "PSNR pooled (dB)", "MAE pooled",
-                  "SSIM per patient (mean ± std)"], rows)
+        o, t = m["scores"][head]["overall"], m["scores"][T1_SCALE]["overall"]
+        rows.append([name, f"{o['masked_ssim']['mean']:.3f}", f"{o['masked_ssim']['slice_mean']:.3f}",
+                     f"{t['masked_ssim']['mean']:.3f}", f"{o['masked_psnr']['mean']:.2f}",
+                     f"{t['masked_psnr']['mean']:.2f}"])
+    return table(["method", f"SSIM per patient ({head})", "SSIM slice-weighted",
+                  f"SSIM per patient ({T1_SCALE})", f"PSNR ({head})", f"PSNR ({T1_SCALE})"], rows)
+
+
+def patient_table(metrics: dict, key: str = "masked_ssim", scale: str | None = None) -> Markdown:
+    """One row per patient: its fold, slices and `key` under every method."""
+    scale = scale or metrics["headline_scale"]
+    methods = metrics["methods"]
+    tables = [m["scores"][scale]["per_patient"] for m in methods.values()]
+    patients = sorted(set().union(*tables))
+    info = {p: next(t[p] for t in tables if p in t) for p in patients}
+    rows = [[p, info[p].get("fold", "–"), info[p]["slices"]]
+            + [t.get(p, {}).get(key) for t in tables] for p in patients]
+    return table(["patient", "fold", "slices"] + [f"{m}" for m in methods], rows)
+
+
+def paired_table(metrics: dict, scale: str | None = None) -> Markdown:
+    """Each method minus the reference, paired per patient: mean difference (interval or sd)
+    and how many patients improve, for brain SSIM, PSNR and MAE."""
+    scale = scale or metrics["headline_scale"]
+    ref = metrics["paired"]["reference"]
+    rows = []
+    for name, by_scale in metrics["paired"]["methods"].items():
+        row = [f"{name} − {ref}"]
+        for k in ("masked_ssim", "masked_psnr", "masked_mae"):
+            p = by_scale[scale][k]
+            digits = 2 if "psnr" in k else 3
+            row.append(f"{_stat({'mean': p['mean_diff'], 'sd': p['sd_diff'], 'ci95': p['ci95']}, digits)}"
+                       f"; {p['improved']}/{p['patients']} better")
+        rows.append(row)
+    return table(["comparison"] + [f"Δ {LABELS[k]} (brain, {scale})"
+                                   for k in ("masked_ssim", "masked_psnr", "masked_mae")], rows)

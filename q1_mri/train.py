@@ -1,24 +1,36 @@
-"""Train a T1->T2 translator on device-resident data.
+"""Train one Q1 run (model x fold x seed) on device-resident slices; write its test predictions.
 
-    python -m q1_mri.train --data ../shared/data/mri --model unet
-    python -m q1_mri.train --data ../shared/data/mri --model transunet --resume
+    python -m q1_mri.train --data ../shared/data/mri --model unet --split kfold --folds 4 --fold 0
+    python -m q1_mri.train --data hub --model unet25d --split official
+    python -m q1_mri.train --data ../shared/data/mri --split all --from-cv    # the final model
 
-The whole normalised training split is one tensor on the device; batches are drawn by index and
-augmented there, so no per-slice Python runs inside the loop. Writes to
-results/q1/<source>/<model>/: checkpoint.pt (every epoch, atomically), history.csv, summary.json.
+Every slice of the source (train and validation splits pooled) is one tensor on the device;
+batches are drawn by index and augmented there, so no per-slice Python runs inside the loop.
+The split comes from the split file (q1_mri.splits), written once per scheme and seed. The
+schedule is fixed (--epochs x --slices-per-epoch, warm-up then cosine decay) and the final EMA
+weights are the run's model: nothing is chosen on the test patients. Writes
+results/q1/<source>/<run>/: split.json, checkpoint.pt (every epoch, atomically), history.csv,
+summary.json and predictions.npz (the test patients' slices; q1_mri.eval reads it).
+
+Default schedule: 16 epochs of 1,280 slices (640 steps of 32). On the local data the
+validation curves of 40-epoch runs had flattened by epoch 12-20 (of 2,530 slices each); 16 x
+1,280 = 20k slices is a U-Net run of about 12 min in fp32 on 2 CPU cores (~28 slices/s), so
+the 4-fold protocol for two models fits in 2 hours there, minutes on a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common import cli
 from common.checkpoint import load_checkpoint, restore, save_checkpoint
 from common.ema import ModelEMA
-from common.io import write_csv, write_json
+from common.io import read_json, write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runs import check_resume, locked, run_name
@@ -32,27 +44,43 @@ from common.runtime import (
     set_rng_state,
 )
 from common.schedule import warmup_cosine
-from q1_mri.data import load_mri, resolve_source, to_device
-from q1_mri.eval import evaluate
-from q1_mri.metrics import ssim
+from q1_mri import splits
+from q1_mri.data import DATA_RANGE, SCALE, load_mri, pool, resolve_source, to_device
+from q1_mri.metrics import all_metrics, ssim
 from q1_mri.model import MODELS, PatchDiscriminator, build_model, model_args
+from q1_mri.neighbours import neighbour_rows
+from q1_mri.predict import lr_flippable, model_input, predict, predict_with_flip
+from q1_mri.prediction_file import save_predictions
 
-ADV_DEFAULT = {"unet": 0.0, "transunet": 0.01}
+ADV_DEFAULT = {"unet": 0.0, "unet25d": 0.0, "transunet": 0.01}
 MONITORED = ("masked_ssim", "masked_psnr", "masked_mae", "ssim", "psnr")
+MONITOR_SETS = ("train", "heldout")   # a fixed subset of training slices, and of test slices
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
-    p.add_argument("--model", choices=sorted(MODELS), default="unet")
-    p.add_argument("--name", default=None,
-                   help="run folder under results/q1/<source>/ (default: the model's name)")
-    p.add_argument("--epochs", type=cli.count, default=40)
+    p.add_argument("--model", choices=sorted(MODELS), default="unet",
+                   help="unet: 2-D U-Net; unet25d: the same with the slice and its two "
+                        "neighbours as input (2.5-D); transunet: transformer bottleneck")
+    p.add_argument("--split", choices=splits.SCHEMES, default="kfold",
+                   help="kfold: patient-grouped K folds over every patient; official: the "
+                        "source's validation split is the test set; all: the final model")
+    p.add_argument("--folds", type=cli.count, default=4, help="K of the k-fold scheme")
+    p.add_argument("--fold", type=cli.natural, default=None, help="kfold: 0..K-1")
+    p.add_argument("--name", default=None, help="extra word in the run folder (ablations)")
+    p.add_argument("--from-cv", action="store_true",
+                   help="--split all: take the model and its schedule from the "
+                        "cross-validation's metrics.json (final_choice)")
+    p.add_argument("--epochs", type=cli.count, default=16)
+    p.add_argument("--slices-per-epoch", type=cli.count, default=1280,
+                   help="training slices drawn (without replacement) per epoch; at most all")
     p.add_argument("--batch-size", type=cli.count, default=32)
     p.add_argument("--lr", type=cli.positive, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=cli.non_negative, default=1e-4)
     p.add_argument("--warmup-epochs", type=cli.non_negative, default=1.0)
-    p.add_argument("--ema-decay", type=cli.fraction, default=0.998)
+    p.add_argument("--ema-decay", type=cli.fraction, default=0.995,
+                   help="EMA of the weights (window ~1/(1-decay) = 200 of the 640 steps)")
     p.add_argument("--ssim-weight", type=cli.non_negative, default=1.0,
                    help="loss = L1 + w * (1 - SSIM)")
     p.add_argument("--adv-weight", type=cli.non_negative, default=None,
@@ -69,51 +97,91 @@ def parse_args(argv=None):
                         "(GroupNorm made it 10-20%% slower on an H200)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-train-slices", type=cli.count, default=None,
-                   help="use a random subset of the training slices (quick runs)")
-    p.add_argument("--monitor-slices", type=cli.count, default=512,
-                   help="train/val slices scored after each epoch for the curves")
+                   help="train on a fixed random subset of the training slices (quick runs)")
+    p.add_argument("--monitor-slices", type=cli.count, default=192,
+                   help="training and held-out slices scored after each epoch for the curves")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoint.pt (starts afresh if there is none)")
     p.add_argument("--dry-run", action="store_true", help="one batch, no files")
     args = p.parse_args(argv)
+    if args.split == "kfold" and (args.fold is None or args.fold >= args.folds):
+        p.error(f"--split kfold needs --fold 0..{args.folds - 1} (got {args.fold})")
+    if args.split == "kfold" and args.folds < 2:
+        p.error("--folds must be at least 2")
+    if args.split != "kfold" and args.fold is not None:
+        p.error(f"--split {args.split} has a single fold: drop --fold")
+    if args.from_cv and args.split != "all":
+        p.error("--from-cv goes with --split all")
     if args.adv_weight is None:
         args.adv_weight = ADV_DEFAULT[args.model]
-    cfg = MODELS[args.model]
+    check_width(p, args.model, args.base_channels)
+    return args
 
-    def builds(base: int) -> bool:
+
+def check_width(p, model: str, base: int | None) -> None:
+    """Refuse a --base-channels the model cannot build with, naming the nearest that build."""
+    cfg = MODELS[model]
+
+    def builds(b: int) -> bool:
         """Whether every GroupNorm (min(groups, width) groups over the width, doubled per
         level) and the attention heads over the bottleneck width divide their widths."""
-        widths = [base * 2 ** i for i in range(cfg.levels)]
+        widths = [b * 2 ** i for i in range(cfg.levels)]
         return (all(w % min(cfg.groups, w) == 0 for w in widths)
                 and not (cfg.transformer_layers and widths[-1] % cfg.heads))
 
-    base = args.base_channels
     if base is not None and not builds(base):
         widths = ", ".join(str(base * 2 ** i) for i in range(cfg.levels))
         nearest = [next((b for b in range(base, 0, -1) if builds(b)), None),
                    next(b for b in range(base, base * cfg.groups * cfg.heads + 1) if builds(b))]
         heads = (f" and the bottleneck width by its {cfg.heads} attention heads"
                  if cfg.transformer_layers else "")
-        p.error(f"--base-channels {base}: the {args.model}'s level widths {widths} must each "
+        p.error(f"--base-channels {base}: the {model}'s level widths {widths} must each "
                 f"be divisible by its GroupNorm group count min({cfg.groups}, width){heads}; "
                 f"nearest widths that build: {' or '.join(str(b) for b in nearest if b)}")
-    return args
 
 
-def augment(t1: torch.Tensor, t2: torch.Tensor, gen: torch.Generator
+def fold_name(args) -> str:
+    return f"fold{args.fold}" if args.split == "kfold" else args.split
+
+
+def run_folder_name(args) -> str:
+    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
+    fold = fold_name(args) if args.split == "kfold" else None
+    return run_name(args.model, args.name, scheme, fold, f"seed{args.seed}")
+
+
+def apply_cv_choice(args, root) -> dict:
+    """--from-cv: the model and schedule the cross-validation chose (metrics.json)."""
+    path = root / "metrics.json"
+    if not path.exists():
+        raise cli.DataError(f"--from-cv: no cross-validation results at {path}: run make q1 first")
+    final = read_json(path).get("final_choice")
+    if not final:
+        raise cli.DataError(f"--from-cv: {path} names no chosen configuration")
+    for key, value in final.items():       # the CV runs' settings (eval.TRAINING_KEYS)
+        if hasattr(args, key) and key not in ("seed", "data", "split", "folds", "fold"):
+            setattr(args, key, value)
+    return final
+
+
+def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paired, on-device augmentation of (B, 1, H, W) batches.
+    """Paired, on-device augmentation of a batch: input (B, C, H, W), target (B, 1, H, W).
 
-    Same left-right flip and same shift (up to 4 px) for T1 and T2, so the pair stays aligned;
-    a +-10 % gain on T1 only imitates the error of estimating the per-volume scale.
+    A left-right mirror (rows, axis -2) with probability 1/2 on axial and coronal slices only
+    (`view` (B,) index into VIEWS): a sagittal slice has no left-right axis in its plane, and
+    mirroring it would turn the face backwards. The same shift (up to 4 px) for input and
+    target, so the pair stays aligned; a +-10 % gain on the input only imitates the error of
+    estimating the per-volume scale.
     """
-    b = t1.shape[0]
-    flip = (torch.rand(b, generator=gen) < 0.5).to(t1.device)[:, None, None, None]
-    gain = (0.9 + 0.2 * torch.rand(b, generator=gen)).to(t1.device)[:, None, None, None]
+    b = x.shape[0]
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device) & lr_flippable(view)
+    flip = flip[:, None, None, None]
+    gain = (0.9 + 0.2 * torch.rand(b, generator=gen)).to(x.device)[:, None, None, None]
     dy, dx = torch.randint(-4, 5, (2,), generator=gen).tolist()
-    pair = torch.cat([t1, t2], dim=1)
+    pair = torch.cat([x, t2], dim=1)
     pair = torch.where(flip, pair.flip(-2), pair).roll((dy, dx), dims=(-2, -1))
-    return (pair[:, :1] * gain).clamp(0, 1), pair[:, 1:]
+    return (pair[:, :-1] * gain).clamp(0, 1), pair[:, -1:]
 
 
 def generator_loss(t2, pred, args, disc, t1):
@@ -132,19 +200,48 @@ def discriminator_step(disc, opt_d, t1, t2, pred) -> None:
     opt_d.step()
 
 
+@torch.no_grad()
+def monitor(model, data: dict, neighbours, rows: np.ndarray, device) -> dict[str, float]:
+    """Mean of per-slice metrics (normalised units) of `model` on `rows`, for the curves."""
+    pred = predict(model, data["t1"], neighbours, rows, device)
+    idx = torch.as_tensor(rows)
+    scores = all_metrics(data["t2"][idx].float().to(device), pred, data["mask"][idx].to(device),
+                         DATA_RANGE)
+    return {k: scores[k].mean().item() for k in MONITORED}
+
+
 def setup(args) -> SimpleNamespace:
-    """Everything the loop needs: device, data tensors, model, EMA, optimisers, resumed state."""
+    """Everything the loop needs: device, data tensors, split, model, EMA, optimisers, state."""
     configure_threads()
     r = SimpleNamespace(gen=seed_everything(args.seed), device=select_device(args.device))
     r.source = resolve_source(args.data)
-    splits = load_mri(r.source)
-    r.out = results_dir("q1", r.source, args.results_root) / run_name(args.name or args.model,
-                                                                      f"seed{args.seed}")
-    r.config = {**vars(args), "data_tag": r.source.tag}
-    r.train = to_device(splits["train"], r.device, args.max_train_slices, r.gen)
-    r.monitor = {s: to_device(splits[s], r.device, args.monitor_slices,
-                              torch.Generator().manual_seed(1)) for s in ("train", "validation")}
+    root = results_dir("q1", r.source, args.results_root)
+    r.final_choice = apply_cv_choice(args, root) if args.from_cv else None
+    r.out = root / run_folder_name(args)
+    r.slices = pool(load_mri(r.source))
+    split, path = splits.open_split(root, r.source.tag, r.slices, args.split, args.folds,
+                                    args.seed)
+    r.fold = fold_name(args)
+    r.roles = splits.slice_roles(split["folds"][r.fold], r.slices)
+    r.split_entry = splits.run_entry(split, path, r.fold)
+    r.split_id = r.split_entry["split_id"]
+    r.split_counts = splits.describe(r.slices, r.roles)
+    r.config = {**vars(args), "data_tag": r.source.tag, "split_id": r.split_id}
+    r.data = to_device(r.slices, r.device)
     r.model_args = model_args(args.model, base_channels=args.base_channels)
+    n = r.model_args["neighbours"]
+    r.neighbours, r.neighbour_report = None, None
+    if n:
+        rows, r.neighbour_report = neighbour_rows(r.slices, n)
+        r.neighbours = torch.from_numpy(rows).to(r.device)
+    r.train_rows = np.flatnonzero(r.roles == "train")
+    if args.max_train_slices and args.max_train_slices < len(r.train_rows):
+        pick = torch.randperm(len(r.train_rows), generator=r.gen)[:args.max_train_slices]
+        r.train_rows = np.sort(r.train_rows[pick.numpy()])
+    r.test_rows = np.flatnonzero(r.roles == "test")
+    fixed = np.random.default_rng(1)
+    r.monitor = {s: np.sort(fixed.choice(rows, min(args.monitor_slices, len(rows)), replace=False))
+                 for s, rows in zip(MONITOR_SETS, (r.train_rows, r.test_rows)) if len(rows)}
     r.model = build_model(**r.model_args).to(r.device)
     r.channels_last = args.channels_last == "on" or (args.channels_last == "auto"
                                                      and r.device.type == "cpu")
@@ -156,7 +253,7 @@ def setup(args) -> SimpleNamespace:
     r.disc = PatchDiscriminator().to(r.device) if args.adv_weight > 0 else None
     r.opt_d = (torch.optim.AdamW(r.disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
                if r.disc else None)
-    r.start_epoch, r.history, r.best = 0, [], -1.0
+    r.start_epoch, r.history = 0, []
     if args.resume and not (r.out / "checkpoint.pt").exists():
         print(f"notice: nothing to resume in {r.out}; starting from scratch")
     elif args.resume:
@@ -167,7 +264,9 @@ def setup(args) -> SimpleNamespace:
             r.disc.load_state_dict(ck["disc"])
             r.opt_d.load_state_dict(ck["disc_optimizer"])
         set_rng_state(r.gen, ck["rng"])
-        r.start_epoch, r.history, r.best = ck["epoch"], ck["history"], ck["best_metric"]
+        r.start_epoch, r.history = ck["epoch"], ck["history"]
+    elif (r.out / "checkpoint.pt").exists() and not args.dry_run:
+        print(f"notice: {r.out} holds an earlier run; it is replaced (use --resume to continue)")
     r.step_model = torch.compile(r.model) if args.compile else r.model
     r.amp, r.precision = precision(r.device, enabled=args.precision == "auto")
     return r
@@ -175,23 +274,35 @@ def setup(args) -> SimpleNamespace:
 
 def save(r, args, epoch: int) -> None:
     extra = {"disc": r.disc.state_dict(), "disc_optimizer": r.opt_d.state_dict()} if r.disc else {}
+    # best_metric: None, since no epoch is chosen (fixed schedule, final EMA weights kept)
     save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
                     optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
-                    model_args=r.model_args, epoch=epoch, best_metric=r.best, config=r.config,
+                    model_args=r.model_args, epoch=epoch, best_metric=None, config=r.config,
                     rng=rng_state(r.gen), history=r.history, **extra)
+
+
+def diverged(loss: torch.Tensor, epoch: int, out) -> cli.DataError:
+    return cli.DataError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; {out} "
+                         "keeps the last good checkpoint")
 
 
 def train(args) -> dict:
     r = setup(args)
-    n = len(r.train["t1"])
-    steps_per_epoch = max(1, n // args.batch_size)
+    n = len(r.train_rows)
+    per_epoch = min(args.slices_per_epoch, n)
+    steps_per_epoch = max(1, per_epoch // args.batch_size)
     total_steps, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
-    print(f"q1 {args.model}: {count_parameters(r.model):,} parameters, {n} training slices, "
-          f"{r.device}, {r.precision}, data: {r.source.label}")
-    with locked(r.out):
+    mid = r.model_args["neighbours"]                      # the input channel of the slice itself
+    print(f"q1 {args.model} ({args.split} {r.fold}, seed {args.seed}): "
+          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, "
+          f"data: {r.source.label}\n  patients/slices: {r.split_counts}, "
+          f"{steps_per_epoch * args.batch_size} of {n} training slices per epoch")
+    with locked(r.out) if not args.dry_run else contextlib.nullcontext():  # a dry run writes nothing
+        if not args.dry_run:
+            write_json(r.out / "split.json", r.split_entry)
         for epoch in range(r.start_epoch, args.epochs):
             r.model.train()
-            perm = torch.randperm(n, generator=r.gen)
+            perm = torch.from_numpy(r.train_rows)[torch.randperm(n, generator=r.gen)]
             bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
                            unit="batch")
             t_epoch, loss_sum = time.time(), torch.zeros((), device=r.device)
@@ -200,13 +311,14 @@ def train(args) -> dict:
                     group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step,
                                                           total_steps, warmup)
                 idx = perm[step * args.batch_size:(step + 1) * args.batch_size].to(r.device)
-                t1, t2 = r.train["t1"][idx].float(), r.train["t2"][idx].float()
+                x, t2 = model_input(r.data["t1"], r.neighbours, idx), r.data["t2"][idx].float()
                 if not args.no_augment:
-                    t1, t2 = augment(t1, t2, r.gen)
+                    x, t2 = augment(x, t2, r.data["view"][idx], r.gen)
                 if r.channels_last:
-                    t1 = t1.contiguous(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with r.amp():
-                    pred = r.step_model(t1).float()
+                    pred = r.step_model(x).float()
+                t1 = x[:, mid:mid + 1]
                 if r.disc:
                     discriminator_step(r.disc, r.opt_d, t1, t2, pred)
                 with r.amp():
@@ -221,34 +333,50 @@ def train(args) -> dict:
                 loss_sum += loss.detach()
                 if step % 20 == 0:  # .item() waits for the GPU, so only now and then
                     if not torch.isfinite(loss):
-                        raise cli.DataError(f"training diverged (loss {loss.item()}) in epoch "
-                                            f"{epoch + 1}; {r.out} keeps the last good checkpoint")
+                        raise diverged(loss, epoch, r.out)
                     rate = (step + 1) * args.batch_size / (time.time() - t_epoch)
                     bar.set_postfix(loss=f"{loss.item():.4f}", slices_s=f"{rate:.0f}")
                 if args.dry_run:
                     print(f"dry run: one batch, loss {loss.item():.4f}")
                     return {}
+            if not torch.isfinite(loss_sum):   # a NaN between the checks: keep the old file
+                raise diverged(loss_sum, epoch, r.out)
             epoch_s = time.time() - t_epoch
             row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"],
                    "train_loss": (loss_sum / steps_per_epoch).item(), "epoch_s": epoch_s,
                    "slices_per_s": steps_per_epoch * args.batch_size / epoch_s}
-            for split, data in r.monitor.items():
-                scores = evaluate(r.ema.shadow, data, r.device)
-                row.update({f"{split}_{k}": scores[k] for k in MONITORED})
+            for name, rows in r.monitor.items():
+                scores = monitor(r.ema.shadow, r.data, r.neighbours, rows, r.device)
+                row.update({f"{name}_{k}": v for k, v in scores.items()})
             row["elapsed_s"] = (r.history[-1]["elapsed_s"] if r.history else 0) + time.time() - t_epoch
             r.history.append(row)
-            r.best = max(r.best, row["validation_masked_ssim"])
             print(" | ".join(f"{k} {v:.4g}" for k, v in row.items()))
             write_csv(r.out / "history.csv", r.history)
             save(r, args, epoch + 1)
         summary = {**provenance(r.source, r.device, args.seed), "model": args.model,
-                   "parameters": count_parameters(r.model), "model_args": r.model_args,
-                   "precision": r.precision, "config": r.config, "train_slices": n,
+                   "name": args.name, "split": args.split, "fold": r.fold,
+                   "split_id": r.split_id, "parameters": count_parameters(r.model),
+                   "model_args": r.model_args, "precision": r.precision, "config": r.config,
+                   "split_counts": r.split_counts, "train_slices": n,
+                   "slices_per_epoch": steps_per_epoch * args.batch_size,
+                   "neighbours": r.neighbour_report, "epochs": len(r.history),
                    "wall_time_s": r.history[-1]["elapsed_s"],
-                   "slices_per_s": sum(h["slices_per_s"] for h in r.history) / len(r.history),
-                   "final": r.history[-1]}
+                   "slices_per_s": float(np.mean([h["slices_per_s"] for h in r.history])),
+                   "final": r.history[-1], "final_choice": r.final_choice}
+        if len(r.test_rows):
+            write_predictions(r)
         write_json(r.out / "summary.json", summary)
     return summary
+
+
+def write_predictions(r) -> None:
+    """predictions.npz: the final EMA weights' T2 for every test slice, plain and flip-averaged."""
+    plain, flipped = predict_with_flip(r.ema.shadow, r.data, r.neighbours, r.test_rows, r.device)
+    s = r.slices.select(r.test_rows)
+    save_predictions(r.out / "predictions.npz", s.row, s.split, s.patient_id, s.view,
+                     plain.cpu().numpy(), scale=SCALE, model=r.config["model"],
+                     split_id=r.split_id, data_tag=r.source.tag,
+                     t2_pred_flip=flipped.cpu().numpy())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def shared_data(name: str) -> Path:
 
 
 Q1_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--batch-size", "16",
-           "--base-channels", "8", "--max-train-slices", "64", "--monitor-slices", "32"]
+           "--base-channels", "4", "--max-train-slices", "64", "--monitor-slices", "32",
+           "--precision", "fp32", "--split", "kfold", "--folds", "2"]
+Q1_RUNS = [["--model", m, "--fold", str(f)] for m in ("unet", "unet25d") for f in range(2)]
 Q2_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-epoch", "1024",
            "--batch-beats", "256", "--channels", "8", "8", "16"]
 Q2_KFOLD = ["--split", "kfold", "--folds", "2"]
@@ -39,12 +41,22 @@ Q2_RUNS = ([["--model", m, *Q2_KFOLD, "--fold", str(f)]
 
 @pytest.fixture(scope="session")
 def q1_results(tmp_path_factory):
-    """A results root with both Q1 models trained on demo data with tiny settings."""
-    from q1_mri import train
+    """A results root with the Q1 protocol on demo data with tiny settings: a 2-fold
+    cross-validation of both models (U-Net, 2.5-D U-Net) and of the baselines."""
+    import torch
+
+    from q1_mri import baselines, train
 
     root = tmp_path_factory.mktemp("q1-results")
-    for model in ("unet", "transunet"):
-        train.train(train.parse_args(Q1_TINY + ["--model", model, "--results-root", str(root)]))
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:   # tiny models: one thread (busy machines: ~10x)
+        mp.setattr(train, "configure_threads", lambda: None)
+        torch.set_num_threads(1)
+        for run in Q1_RUNS:
+            train.train(train.parse_args(Q1_TINY + run + ["--results-root", str(root)]))
+        torch.set_num_threads(threads)
+    baselines.main(baselines.parse_args(["--data", "demo", "--split", "kfold", "--folds", "2",
+                                         "--results-root", str(root)]))
     return root
 
 

@@ -19,11 +19,11 @@ from common.checkpoint import save_checkpoint
 from common.cli import DataError
 from common.datasource import DataSource
 from common.ema import ModelEMA
-from common.io import write_csv
+from common.io import write_csv, write_json
 from q1_mri import eda
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
-from q1_mri.data import VIEWS, load_mri, resolve_source, to_device
+from q1_mri.data import VIEWS, load_mri, normalise, resolve_source
 from q1_mri.model import build_model, model_args
 from tests.conftest import shared_data
 
@@ -102,7 +102,8 @@ def no_data(*_):
 def test_bad_flag_is_refused_before_any_data_is_loaded(flag, value, message, capsys,
                                                        monkeypatch):
     monkeypatch.setattr(q1_train, "load_mri", no_data)
-    code, err = run(lambda: q1_train.train(q1_train.parse_args(["--data", "demo", f"{flag}={value}"])),
+    code, err = run(lambda: q1_train.train(q1_train.parse_args(["--data", "demo", "--fold", "0",
+                                                         f"{flag}={value}"])),
                     capsys)
     assert code == 2 and err.startswith("usage:") and error_line(err).endswith(message)
 
@@ -118,7 +119,7 @@ def test_base_channels_check_matches_what_builds(model):
         except (ValueError, AssertionError):
             builds = False
         try:
-            q1_train.parse_args(["--model", model, "--base-channels", str(base)])
+            q1_train.parse_args(["--model", model, "--fold", "0", "--base-channels", str(base)])
             accepted = True
         except SystemExit:
             accepted = False
@@ -131,8 +132,9 @@ def test_patient_in_both_splits_is_refused_by_train_eval_and_eda(tmp_path, capsy
     source = write_mri(tmp_path / "leak", train=["p1", "p2"], validation=["p2", "p3"])
     message = f"error: {source.path}: 1 patient(s) in both the train and the validation split: p2"
     flags = ["--data", str(source.path), "--results-root", str(tmp_path / "results")]
-    fake_run(tmp_path / "results" / "q1" / source.tag / "unet")
-    for main in (lambda: q1_train.train(q1_train.parse_args(flags + ["--device", "cpu"])),
+    fake_run(tmp_path / "results" / "q1" / source.tag / "unet-kfold4-fold0-seed0")
+    for main in (lambda: q1_train.train(q1_train.parse_args(flags + ["--device", "cpu",
+                                                                     "--fold", "0"])),
                  lambda: q1_eval.main(q1_eval.parse_args(flags + ["--device", "cpu"])),
                  lambda: eda.main(flags)):
         code, err = run(main, capsys)
@@ -150,8 +152,8 @@ def test_empty_slices_are_skipped_counted_and_never_scored(tmp_path, capsys):
         in capsys.readouterr().err
     assert [len(s) for s in splits.values()] == [4, 5]
     assert [s.skipped_empty for s in splits.values()] == [2, 1]
-    data = to_device(splits["validation"], torch.device("cpu"))
-    scores = q1_eval.per_slice_scores(data["t2"].float(), data["t1"].float(), data["mask"])
+    t1, t2, mask = normalise(splits["validation"])
+    scores = q1_eval.per_slice_scores(t2, t1, mask)
     assert all(np.isfinite(v).all() for v in scores.values())
 
 
@@ -201,7 +203,7 @@ def test_ecg_folder_is_refused_by_name_from_the_command_line(tmp_path):
     env = {**os.environ, "PROJECT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "NO_PROGRESS": "1"}
     done = subprocess.run([sys.executable, "-m", "q1_mri.train", "--data", str(folder),
-                           "--device", "cpu", "--results-root", str(tmp_path / "results")],
+                           "--device", "cpu", "--fold", "0", "--results-root", str(tmp_path / "results")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert error_line(done.stderr) == (
@@ -230,35 +232,48 @@ def test_non_parquet_files_and_hub_file_names_are_handled(tmp_path):
 
 # ---------------------------------------------------------------- 2e. a single split
 
-def test_validation_only_folder_evaluates_but_does_not_train(tmp_path, capsys):
+def test_validation_only_folder_evaluates_but_has_no_official_split(tmp_path, capsys):
     other = write_mri(tmp_path / "other", validation=["q1", "q2"])
     source = write_mri(tmp_path / "src", train=["p1", "p2"], validation=["p3"])
     root = tmp_path / "results"
     assert list(load_mri(other)) == ["validation"]
-    code, err = run(lambda: q1_train.train(q1_train.parse_args(
-        ["--data", str(other.path), "--device", "cpu", "--results-root", str(root)])), capsys)
+    flags = ["--data", str(other.path), "--device", "cpu", "--results-root", str(root)]
+    code, err = run(lambda: q1_train.train(q1_train.parse_args(flags + ["--split", "official"])),
+                    capsys)
     assert code == 2 and error_line(err).startswith(
-        f"error: {other.path} has no train split (it holds only validation)")
-    fake_run(root / "q1" / source.tag / "unet")
+        "error: --split official needs patients in both the train and the validation split")
+    code, err = run(lambda: q1_train.train(q1_train.parse_args(flags + ["--fold", "0"])), capsys)
+    assert code == 2 and error_line(err).startswith(
+        "error: a 4-fold cross-validation needs at least 4 patients and 2 folds; the data has 2")
+    fake_run(root / "q1" / source.tag / "unet-all-seed0")
     result = q1_eval.main(q1_eval.parse_args(
         ["--data", str(other.path), "--trained-on", str(source.path), "--device", "cpu",
          "--results-root", str(root)]))
-    assert result["test_slices"] == 6 and result["train_slices"] == 6
-    assert np.isfinite(result["methods"]["unet"]["overall"]["masked_ssim"]["mean"])
+    assert result["test_slices"] == 6 and result["train_slices"] == 12   # all of src trains
+    scores = result["methods"]["unet"]["scores"]["per-volume-p99.5"]
+    assert np.isfinite(scores["overall"]["masked_ssim"]["mean"])
+    assert set(scores["per_patient"]) == {"q1", "q2"}
 
 
 # ---------------------------------------------------------------- 3. evaluation without a model
 
 def fake_run(run_dir: Path) -> Path:
-    """A run folder as training leaves it (untrained tiny weights); returns the checkpoint."""
+    """A run folder as training leaves it (untrained tiny weights, and for the final model's
+    `*-all-*` folder no predictions); returns the checkpoint."""
     args = model_args("unet", base_channels=8)
     model = build_model(**args)
     history = [{"epoch": 1, "train_loss": 0.5, **{f"{split}_{key}": 0.1 for key in q1_train.MONITORED
-                                                  for split in ("train", "validation")}}]
+                                                  for split in q1_train.MONITOR_SETS}}]
     write_csv(run_dir / "history.csv", history)
+    write_json(run_dir / "summary.json", {"model": "unet", "name": None, "split": "all",
+                                          "fold": "all", "seed": 0,
+                                          "final_choice": {"model": "unet", "flip": False}})
+    write_json(run_dir / "split.json", {"split_id": "x", "roles": {}})
+    if "-all-" not in run_dir.name:
+        (run_dir / "predictions.npz").write_bytes(b"")
     return save_checkpoint(run_dir / "checkpoint.pt", model=model.state_dict(),
                            ema=ModelEMA(model).state_dict(), optimizer={}, scaler={},
-                           model_args=args, epoch=1, best_metric=0.1,
+                           model_args=args, epoch=1, best_metric=None,
                            config={"model": "unet", "adv_weight": 0.0}, rng=None,
                            history=history)
 
@@ -276,10 +291,12 @@ def test_evaluation_before_training_is_refused(tmp_path, capsys, monkeypatch):
 
 def test_truncated_checkpoint_gives_one_line(tmp_path, capsys):
     source = write_mri(tmp_path / "src", train=["p1"], validation=["p2"])
+    other = write_mri(tmp_path / "other", validation=["q1"])
     root = tmp_path / "results"
-    path = fake_run(root / "q1" / source.tag / "unet")
+    path = fake_run(root / "q1" / source.tag / "unet-all-seed0")
     path.write_bytes(path.read_bytes()[:2000])
     code, err = run(lambda: q1_eval.main(q1_eval.parse_args(
-        ["--data", str(source.path), "--device", "cpu", "--results-root", str(root)])), capsys)
+        ["--data", str(other.path), "--trained-on", str(source.path), "--device", "cpu",
+         "--results-root", str(root)])), capsys)
     assert code == 2 and error_line(err).startswith(f"error: cannot read checkpoint {path}")
-    assert not (root / "q1" / source.tag / "metrics.json").exists()
+    assert not list((root / "q1").rglob("metrics.json"))

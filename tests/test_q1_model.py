@@ -9,6 +9,16 @@ from q1_mri.metrics import ssim
 from q1_mri.model import PatchDiscriminator, build_model, model_args
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread; on a busy machine two OpenMP threads per
+    process spin and run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(("name", "shape"), [("unet", (64, 64)), ("unet", (32, 48)),
                                              ("transunet", (64, 64)), ("transunet", (32, 32))])
 def test_shapes(name, shape):

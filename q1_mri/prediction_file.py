@@ -1,0 +1,94 @@
+"""The file a Q1 run hands to evaluation: its predicted T2 for every slice of its test patients.
+
+predictions.npz holds, for n slices:
+    row          (n,) int64               the slice's row in its source split
+    split        (n,) str                 that source split ("train" / "validation")
+    patient_id   (n,) str
+    view         (n,) str                 axial / coronal / sagittal
+    t2_pred      (n, 1, 64, 64) float16 or float32   predicted T2 in the units named by `scale`
+    t2_pred_flip (n, 1, 64, 64), optional  the same model averaged with its prediction on the
+                                          left-right mirrored slice (axial and coronal only;
+                                          sagittal slices have no left-right axis and are as
+                                          in t2_pred)
+    scale, model, split_id, data_tag      0-d str: the units, what made it, on which fold of
+                                          which data (split_id "external" for other data)
+Evaluation reads these files only; it never re-runs a model or rebuilds a split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.cli import DataError
+from common.io import atomic_write
+
+REQUIRED = ("row", "split", "patient_id", "view", "t2_pred", "scale", "model", "split_id",
+            "data_tag")
+SHAPE = (1, 64, 64)
+
+
+@dataclass
+class Predictions:
+    row: np.ndarray
+    split: np.ndarray
+    patient_id: np.ndarray
+    view: np.ndarray
+    t2_pred: np.ndarray
+    t2_pred_flip: np.ndarray | None
+    scale: str
+    model: str
+    split_id: str
+    data_tag: str
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def save_predictions(path: Path, row: np.ndarray, split: np.ndarray, patient_id: np.ndarray,
+                     view: np.ndarray, t2_pred: np.ndarray, scale: str, model: str,
+                     split_id: str, data_tag: str, t2_pred_flip: np.ndarray | None = None,
+                     dtype=np.float16) -> Path:
+    """Write one prediction file (compressed, atomically); images stored as `dtype`."""
+    arrays = {"row": np.asarray(row, np.int64), "split": np.asarray(split, str),
+              "patient_id": np.asarray(patient_id, str), "view": np.asarray(view, str),
+              "t2_pred": np.asarray(t2_pred).astype(dtype), "scale": np.array(scale),
+              "model": np.array(model), "split_id": np.array(split_id),
+              "data_tag": np.array(data_tag)}
+    if t2_pred_flip is not None:
+        arrays["t2_pred_flip"] = np.asarray(t2_pred_flip).astype(dtype)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return atomic_write(path, write)
+
+
+def load_predictions(path: Path, split_id: str | None = None,
+                     data_tag: str | None = None) -> Predictions:
+    """Read a predictions.npz; refuse one that lacks fields, has the wrong shapes, or belongs to
+    another split or data."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            a = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read predictions {path} ({type(e).__name__}); rerun that run") from e
+    missing = [k for k in REQUIRED if k not in a]
+    if missing:
+        raise DataError(f"predictions {path} lack {missing}")
+    n = len(a["row"])
+    for key in ("t2_pred", "t2_pred_flip"):
+        if key in a and a[key].shape != (n, *SHAPE):
+            raise DataError(f"predictions {path}: {key} has shape {a[key].shape}, expected "
+                            f"({n}, {', '.join(map(str, SHAPE))})")
+    if not all(len(a[k]) == n for k in ("split", "patient_id", "view")):
+        raise DataError(f"predictions {path}: row, split, patient_id and view differ in length")
+    if split_id is not None and str(a["split_id"]) != split_id:
+        raise DataError(f"predictions {path} were made on split {a['split_id']}, but the run's "
+                        f"split.json is {split_id}: rerun that run")
+    if data_tag is not None and str(a["data_tag"]) != data_tag:
+        raise DataError(f"predictions {path} come from data {a['data_tag']}, not {data_tag}")
+    return Predictions(a["row"], a["split"], a["patient_id"], a["view"], a["t2_pred"],
+                       a.get("t2_pred_flip"), str(a["scale"]), str(a["model"]),
+                       str(a["split_id"]), str(a["data_tag"]))
