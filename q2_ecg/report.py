@@ -32,6 +32,12 @@ def _first_seed(entry: dict) -> dict:
     return entry["seeds"][min(entry["seeds"], key=int)]
 
 
+def _headline(metrics: dict) -> list[tuple[str, dict]]:
+    """k-fold methods whose every fold ran (incomplete ones appear only where said)."""
+    return [(n, m) for n, m in metrics["models"]["kfold"].items()
+            if not _first_seed(m).get("problems")]
+
+
 def split_table(metrics: dict) -> Markdown:
     """Records and beats per role in every fold of the chosen model's first seed."""
     seed = _first_seed(metrics["models"]["kfold"][metrics["chosen_model"]])
@@ -41,22 +47,24 @@ def split_table(metrics: dict) -> Markdown:
 
 
 def models_table(metrics: dict) -> Markdown:
+    """Size, cost, chosen epochs and the inner-validation score that chose the model."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         seed = _first_seed(m)
         epochs = [e for e in seed["best_epoch"].values() if e]
-        rows.append([name, m.get("parameters"), m.get("imbalance"),
-                     " / ".join(str(e) for e in epochs) or None,
-                     seed["wall_time_s"] or None, m["description"]])
-    return table(["method", "parameters", "imbalance", "best epoch per fold",
-                  "training time, all folds (s)", "what it is"], rows)
+        inner = [t["val_score"] for t in seed["tuned"].values() if "val_score" in t]
+        rows.append([name, m.get("parameters"), " / ".join(str(e) for e in epochs) or None,
+                     seed["wall_time_s"] or None, sum(inner) / len(inner) if inner else None,
+                     m["description"]])
+    return table(["method", "parameters", "best epoch per fold", "training time, all folds (s)",
+                  "inner-validation mean F1 (SVEB, VEB)", "what it is"], rows)
 
 
 def group_table(metrics: dict, group: str) -> Markdown:
     """Se, +P, F1, Sp of `group` ('normal' or 'abnormal'), out of fold (first seed), with 95 %
     intervals from resampling records."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         t = _first_seed(m)["pooled"]
         rows.append([name] + [with_ci(t[f"{group}_{k}"]) if f"{group}_{k}" in t else None
                               for k in METRIC_NAMES])
@@ -66,7 +74,7 @@ def group_table(metrics: dict, group: str) -> Markdown:
 def class_table(metrics: dict) -> Markdown:
     """Per-class Se / +P / F1 out of fold (first seed) and macro-F1."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         t = _first_seed(m)["pooled"]
         if "SVEB_f1" in t:
             rows.append([name] + [t[f"{c}_{k}"]["value"] for c in ("NOR", "SVEB", "VEB")
@@ -77,7 +85,7 @@ def class_table(metrics: dict) -> Markdown:
 
 def ranking_table(metrics: dict) -> Markdown:
     rows = [[name, with_ci(t["auroc"]), with_ci(t["auprc"])]
-            for name, m in metrics["models"]["kfold"].items()
+            for name, m in _headline(metrics)
             for t in [_first_seed(m)["pooled"]] if "auroc" in t]
     return table(["method", "AUROC normal vs abnormal", "AUPRC"], rows)
 
@@ -88,7 +96,7 @@ HEAD = ("SVEB_f1", "VEB_f1", "abnormal_f1", "auroc")
 def seeds_table(metrics: dict) -> Markdown:
     """Median and range over seeds of the out-of-fold headline values."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         s = m["seed_summary"]
         rows.append([name, max((v["seeds"] for v in s.values()), default=0)]
                     + [f"{s[k]['median']:.3f} ({s[k]['min']:.3f}–{s[k]['max']:.3f})"
@@ -99,7 +107,8 @@ def seeds_table(metrics: dict) -> Markdown:
 def database_table(metrics: dict, scheme: str = "kfold") -> Markdown:
     """Per database of the tested records: out of fold (kfold) or held out (lodo)."""
     rows = []
-    for name, m in metrics["models"].get(scheme, {}).items():
+    methods = _headline(metrics) if scheme == "kfold" else metrics["models"].get(scheme, {}).items()
+    for name, m in methods:
         for db, v in _first_seed(m)["per_database"].items():
             rows.append([name, db, v["records"], v["beats"], v.get("SVEB_f1"), v.get("VEB_f1"),
                          v["abnormal_f1"], v.get("auroc")])
@@ -110,7 +119,7 @@ def database_table(metrics: dict, scheme: str = "kfold") -> Markdown:
 def fold_table(metrics: dict) -> Markdown:
     """Mean ± sd over the folds, beside the pooled value and the AAMI record averages."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         seed = _first_seed(m)
         fm, ra = seed["fold_mean_sd"], seed["record_average"]
         if "SVEB_f1" not in seed["pooled"]:
@@ -124,7 +133,7 @@ def fold_table(metrics: dict) -> Markdown:
 def adaptation_table(metrics: dict) -> Markdown:
     """Out of fold with and without the label-free per-record adaptation."""
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
+    for name, m in _headline(metrics):
         seed = _first_seed(m)
         if "adapted" in seed:
             for how, s in (("without", seed["pooled"]), ("with", seed["adapted"]["pooled"])):
@@ -145,16 +154,18 @@ def contrast_table(metrics: dict, scheme: str) -> Markdown:
 
 
 def imbalance_table(metrics: dict) -> Markdown:
-    """The ResNet under each way of handling the imbalance: its inner-validation score (what
-    the choice may use) beside the out-of-fold numbers (what it is worth on unseen persons)."""
+    """The ResNet under each way of handling the imbalance, on the folds every variant ran:
+    the inner-validation score (what a choice may use) beside the held-out fold values."""
+    variants = {n: _first_seed(m) for n, m in metrics["models"]["kfold"].items()
+                if n.startswith("resnet") and m.get("imbalance")}
+    if not variants:
+        return table(["method"], [])
+    common = sorted(set.intersection(*(set(s["per_fold"]) for s in variants.values())))
     rows = []
-    for name, m in metrics["models"]["kfold"].items():
-        if not name.startswith("resnet") or not m.get("imbalance"):
-            continue
-        seed = _first_seed(m)
-        inner = [t["val_score"] for t in seed["tuned"].values() if "val_score" in t]
-        t = seed["pooled"]
-        rows.append([name, m["imbalance"], sum(inner) / len(inner) if inner else None]
-                    + [t[k]["value"] if k in t else None for k in HEAD])
-    return table(["method", "imbalance handling", "inner-validation mean F1 (SVEB, VEB)"]
-                 + [f"out of fold {label(k)}" for k in HEAD], rows)
+    for name, seed in variants.items():
+        inner = [seed["tuned"][f]["val_score"] for f in common]
+        held = [[seed["per_fold"][f].get(k) for f in common] for k in ("SVEB_f1", "VEB_f1")]
+        rows.append([name, metrics["models"]["kfold"][name]["imbalance"], ", ".join(common),
+                     sum(inner) / len(inner)] + [sum(v) / len(v) for v in held])
+    return table(["method", "imbalance handling", "folds", "inner-validation mean F1 (SVEB, VEB)",
+                  "held-out SVEB F1 (fold mean)", "held-out VEB F1 (fold mean)"], rows)
