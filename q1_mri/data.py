@@ -20,6 +20,7 @@ from common.datasource import (
     require_hub,
     resolve,
 )
+from common.parquet import check_schema
 
 REPO_ID = "dpelacani/mri-t1-t2-2D-sliced-64"
 SPLITS = ("train", "validation")
@@ -156,24 +157,6 @@ def _parquet_files(folder: Path) -> dict[str, list[str]]:
     return files
 
 
-def _check_schema(folder: Path, files: dict[str, list[str]]) -> None:
-    """Refuse, before any row is read, files of another schema: Q2's ECG records by name."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for path in (f for paths in files.values() for f in paths):
-        try:
-            columns = set(pq.read_schema(path).names)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{path}: not a readable parquet file ({e})") from e
-        if set(ECG_COLUMNS) <= columns:
-            raise DataError(f"{folder} holds ECG records (Q2's schema: {', '.join(ECG_COLUMNS)}), "
-                            "not T1/T2 slices; use it with make q2 / q2_ecg")
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
-
-
 def _load_datasets(source: DataSource):
     """The `datasets` DatasetDict for a hub or folder source (imported here: only these need it)."""
     import datasets
@@ -187,7 +170,9 @@ def _load_datasets(source: DataSource):
     if not any(source.path.rglob("*.parquet")):
         raise DataSourceError(f"{source.path}: no parquet files or save_to_disk folder found")
     files = _parquet_files(source.path)
-    _check_schema(source.path, files)
+    check_schema(source.path, (f for paths in files.values() for f in paths), COLUMNS,
+                 ECG_COLUMNS, f"holds ECG records (Q2's schema: {', '.join(ECG_COLUMNS)}), not "
+                 "T1/T2 slices; use it with make q2 / q2_ecg")
     try:
         return datasets.load_dataset("parquet", data_files=files)
     except datasets.exceptions.DatasetGenerationError as e:  # e.g. files with different types

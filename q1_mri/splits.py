@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import DataError
-from common.io import read_json, write_json
+from common.splitfile import load_or_write
 from q1_mri.data import Slices
 
 ROLES = ("train", "test")
@@ -71,18 +71,6 @@ def data_id(data_tag: str, slices: Slices) -> dict:
     """What ties a split file to its data: the source tag and the patient and slice counts."""
     return {"data": data_tag, "patients": len(np.unique(slices.patient_id)),
             "slices": len(slices)}
-
-
-def load_or_write(path: Path, build, ident: dict) -> dict:
-    """Read the split file at `path`, or build and write it once. Refuses other data's file."""
-    if not path.exists():
-        write_json(path, build())
-    split = read_json(path)
-    for key, value in ident.items():
-        if split.get(key) != value:
-            raise DataError(f"split file {path} was made from other data ({key} "
-                            f"{split.get(key)!r}, this data {value!r}); remove it to re-split")
-    return split
 
 
 def open_split(root: Path, data_tag: str, slices: Slices, scheme: str, folds: int, seed: int

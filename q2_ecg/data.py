@@ -22,6 +22,7 @@ from common.datasource import (
     require_hub,
     resolve,
 )
+from common.parquet import check_schema
 
 REPO_ID = "dpelacani/ecg-led2-cleaned"
 CLASS_MAPPING = {0: "NOR", 1: "SVEB", 2: "VEB", 3: "UNK"}
@@ -167,24 +168,6 @@ def _parquet_files(folder: Path) -> list[str]:
                   if not any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
-def _check_schema(folder: Path, files: list[str]) -> None:
-    """Refuse, before any row is read, files of another schema: Q1's MRI slices by name."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for path in files:
-        try:
-            columns = set(pq.read_schema(path).names)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{path}: not a readable parquet file ({e})") from e
-        if set(MRI_COLUMNS) <= columns:
-            raise DataError(f"{folder} holds MRI slices (Q1's schema: {', '.join(MRI_COLUMNS)}), "
-                            "not ECG records; use it with make q1 / q1_mri")
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
-
-
 def _load_rows(source: DataSource):
     """Records of a hub or folder source as a `datasets.Dataset` (datasets imported only here)."""
     import datasets
@@ -201,7 +184,8 @@ def _load_rows(source: DataSource):
     files = _parquet_files(source.path)
     if not files:
         raise DataSourceError(f"{source.path}: no parquet files found")
-    _check_schema(source.path, files)
+    check_schema(source.path, files, COLUMNS, MRI_COLUMNS, f"holds MRI slices (Q1's schema: "
+                 f"{', '.join(MRI_COLUMNS)}), not ECG records; use it with make q1 / q1_mri")
     try:
         table = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
     except datasets.exceptions.DatasetGenerationError as e:

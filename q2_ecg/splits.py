@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import DataError
-from common.io import read_json, write_json
+from common.splitfile import load_or_write
 from q2_ecg.beats import BeatTable
 from q2_ecg.data import ECGRecords
 from q2_ecg.persons import group_persons
@@ -128,18 +128,6 @@ def make_split_file(records: ECGRecords, table: BeatTable, persons: np.ndarray, 
 def split_path(split_dir: Path, scheme: str, folds: int, seed: int) -> Path:
     name = f"kfold{folds}" if scheme == "kfold" else scheme
     return split_dir / f"{name}-seed{seed}.json"
-
-
-def load_or_write(path: Path, build, data_id: dict) -> dict:
-    """Read the split file at `path`, or build and write it once. Refuses other data's file."""
-    if not path.exists():
-        write_json(path, build())
-    split = read_json(path)
-    for key, value in data_id.items():
-        if split.get(key) != value:
-            raise DataError(f"split file {path} was made from other data ({key} "
-                            f"{split.get(key)!r}, this data {value!r}); remove it to re-split")
-    return split
 
 
 def split_id(split: dict, fold: str) -> str:
