@@ -36,15 +36,22 @@ def save_checkpoint(path: str | Path, **state: Any) -> Path:
     return torch_save(path, state)
 
 
+def _torch_read(path: Path, map_location, unreadable: str) -> Any:
+    """torch.load `path`; a truncated or foreign file becomes one CheckpointError line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which one
+        detail = f": {str(e).splitlines()[0]}" if unreadable == "checkpoint" and str(e) else ""
+        what = f"checkpoint {path}" if unreadable == "checkpoint" else str(path)
+        hint = "" if unreadable == "checkpoint" else ": retrain that run"
+        raise CheckpointError(f"cannot read {what} ({type(e).__name__}{detail}){hint}") from e
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: train first (or drop --resume)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from e
+    state = _torch_read(path, map_location, "checkpoint")
     missing = set(KEYS) - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
@@ -67,10 +74,7 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no trained weights at {path}: train first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"cannot read {path} ({type(e).__name__}): retrain that run") from e
+    state = _torch_read(path, map_location, "weights")
     if not isinstance(state, dict) or set(WEIGHT_KEYS) - set(state):
         raise CheckpointError(f"{path} is not a weights file of this project")
     return state

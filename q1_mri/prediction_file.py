@@ -23,6 +23,7 @@ import numpy as np
 
 from common.cli import DataError
 from common.io import atomic_write
+from common.prediction_files import read_predictions
 
 REQUIRED = ("row", "split", "patient_id", "view", "t2_pred", "scale", "model", "split_id",
             "data_tag")
@@ -69,14 +70,7 @@ def load_predictions(path: Path, split_id: str | None = None,
                      data_tag: str | None = None) -> Predictions:
     """Read a predictions.npz; refuse one that lacks fields, has the wrong shapes, or belongs to
     another split or data."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            a = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read predictions {path} ({type(e).__name__}); rerun that run") from e
-    missing = [k for k in REQUIRED if k not in a]
-    if missing:
-        raise DataError(f"predictions {path} lack {missing}")
+    a = read_predictions(path, REQUIRED, split_id, data_tag)
     n = len(a["row"])
     for key in ("t2_pred", "t2_pred_flip"):
         if key in a and a[key].shape != (n, *SHAPE):
@@ -84,11 +78,6 @@ def load_predictions(path: Path, split_id: str | None = None,
                             f"({n}, {', '.join(map(str, SHAPE))})")
     if not all(len(a[k]) == n for k in ("split", "patient_id", "view")):
         raise DataError(f"predictions {path}: row, split, patient_id and view differ in length")
-    if split_id is not None and str(a["split_id"]) != split_id:
-        raise DataError(f"predictions {path} were made on split {a['split_id']}, but the run's "
-                        f"split.json is {split_id}: rerun that run")
-    if data_tag is not None and str(a["data_tag"]) != data_tag:
-        raise DataError(f"predictions {path} come from data {a['data_tag']}, not {data_tag}")
     return Predictions(a["row"], a["split"], a["patient_id"], a["view"], a["t2_pred"],
                        a.get("t2_pred_flip"), str(a["scale"]), str(a["model"]),
                        str(a["split_id"]), str(a["data_tag"]))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from common import cli
 from common.checkpoint import load_checkpoint, restore, save_checkpoint
 from common.ema import ModelEMA
-from common.io import read_json, write_csv, write_json
+from common.io import write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runs import check_resume, locked, run_name
@@ -44,6 +44,7 @@ from common.runtime import (
     set_rng_state,
 )
 from common.schedule import warmup_cosine
+from common.splitfile import cv_choice
 from q1_mri import splits
 from q1_mri.data import DATA_RANGE, SCALE, load_mri, pool, resolve_source, to_device
 from q1_mri.metrics import all_metrics, ssim
@@ -152,12 +153,7 @@ def run_folder_name(args) -> str:
 
 def apply_cv_choice(args, root) -> dict:
     """--from-cv: the model and schedule the cross-validation chose (metrics.json)."""
-    path = root / "metrics.json"
-    if not path.exists():
-        raise cli.DataError(f"--from-cv: no cross-validation results at {path}: run make q1 first")
-    final = read_json(path).get("final_choice")
-    if not final:
-        raise cli.DataError(f"--from-cv: {path} names no chosen configuration")
+    final = cv_choice(root, "q1")
     for key, value in final.items():       # the CV runs' settings (eval.TRAINING_KEYS)
         if hasattr(args, key) and key not in ("seed", "data", "split", "folds", "fold"):
             setattr(args, key, value)

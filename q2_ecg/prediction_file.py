@@ -22,6 +22,7 @@ from scipy.special import softmax
 
 from common.cli import DataError
 from common.io import savez
+from common.prediction_files import read_predictions
 
 REQUIRED = ("patient_id", "source_db", "beat_loc", "label", "role", "model", "split_id",
             "data_tag")
@@ -73,20 +74,9 @@ def save_predictions(path: Path, records, table, beats: np.ndarray, roles: np.nd
 def load_predictions(path: Path, split_id: str | None = None,
                      data_tag: str | None = None) -> Predictions:
     """Read a predictions.npz; refuse one that lacks fields or belongs to another split/data."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            a = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read predictions {path} ({type(e).__name__}); rerun that run") from e
-    missing = [k for k in REQUIRED if k not in a] + ([] if "prob" in a or "score" in a
-                                                     else ["prob or score"])
-    if missing:
-        raise DataError(f"predictions {path} lack {missing}")
-    if split_id is not None and str(a["split_id"]) != split_id:
-        raise DataError(f"predictions {path} were made on split {a['split_id']}, but the run's "
-                        f"split.json is {split_id}: rerun that run")
-    if data_tag is not None and str(a["data_tag"]) != data_tag:
-        raise DataError(f"predictions {path} come from data {a['data_tag']}, not {data_tag}")
+    a = read_predictions(path, REQUIRED, split_id, data_tag)
+    if "prob" not in a and "score" not in a:
+        raise DataError(f"predictions {path} lack ['prob or score']")
     return Predictions(a["patient_id"], a["source_db"], a["beat_loc"], a["label"], a["role"],
                        a.get("prob"), a.get("score"), a.get("prob_adapted"), str(a["model"]),
                        str(a["split_id"]), str(a["data_tag"]))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common import cli
 from common.checkpoint import load_checkpoint, load_weights, restore, save_checkpoint
 from common.ema import ModelEMA
-from common.io import read_json, torch_save, write_csv, write_json
+from common.io import torch_save, write_csv, write_json
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runs import check_resume, locked, run_name
@@ -37,6 +37,7 @@ from common.runtime import (
     set_rng_state,
 )
 from common.schedule import warmup_cosine
+from common.splitfile import cv_choice
 from q2_ecg import splits
 from q2_ecg.beats import build_table, table_to_device
 from q2_ecg.data import load_records, resolve_source
@@ -118,12 +119,7 @@ def run_folder_name(args) -> str:
 
 def apply_cv_choice(args, root) -> dict:
     """--from-cv: the chosen configuration of the cross-validation (model, epochs, biases)."""
-    path = root / "metrics.json"
-    if not path.exists():
-        raise cli.DataError(f"--from-cv: no cross-validation results at {path}: run make q2 first")
-    final = read_json(path).get("final_choice")
-    if not final:
-        raise cli.DataError(f"--from-cv: {path} names no chosen configuration")
+    final = cv_choice(root, "q2")
     args.model, args.epochs = final["model"], int(final["epochs"])
     return final
 
