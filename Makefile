@@ -101,7 +101,7 @@ q2-final: setup
 demo: demo-q1 demo-q2
 
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 5 --base-channels 16 --monitor-slices 128 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 5 --monitor-slices 128 $(Q1_ARGS)"
 
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \

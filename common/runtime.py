@@ -25,21 +25,17 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 / AMX), where bf16 autocast pays off."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent on old torch
-    return bool(probe and probe())
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for `device`, or None for plain fp32.
 
-    CUDA: bf16 where supported (no loss scaling needed), else fp16. CPU: bf16 only with native
-    bf16 units (2-3x faster convolutions there); elsewhere emulated bf16 is slower than fp32.
+    CUDA: bf16 where supported (no loss scaling needed), else fp16. CPU: always fp32. Measured
+    on a 2-core AVX512-BF16 Xeon, bf16 autocast trains the 16-wide Q1 U-Net at 51 slices/s
+    against 77 in fp32 and the Q2 ResNet at 1,983 against 2,134 beats/s; on CPUs without bf16
+    units it is emulated and slower still. fp32 also keeps CPU results independent of the CPU.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
 
 
 def autocast(device: torch.device):

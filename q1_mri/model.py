@@ -23,7 +23,7 @@ from torch import nn
 
 @dataclass
 class UNetConfig:
-    base_channels: int = 32     # channels at full resolution; doubled at each level down
+    base_channels: int = 16     # channels at full resolution; doubled at each level down
     levels: int = 4             # resolutions 64, 32, 16, 8 for 64x64 input
     groups: int = 8             # GroupNorm groups
     transformer_layers: int = 0  # 0: plain U-Net; >0: transformer bottleneck

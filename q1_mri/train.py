@@ -91,8 +91,8 @@ def parse_args(argv=None):
                    help="override the model width")
     p.add_argument("--no-augment", action="store_true", help="disable flip/shift/gain jitter")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
-                   help="auto: bf16 autocast (fp16 + loss scaling on GPUs without bf16; "
-                        "fp32 on CPUs without native bf16)")
+                   help="auto: bf16 autocast on CUDA (fp16 + loss scaling on GPUs without "
+                        "bf16), fp32 on the CPU")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="NHWC memory layout; auto = on for CPU (1.4x faster here), off for CUDA "
                         "(GroupNorm made it 10-20%% slower on an H200)")

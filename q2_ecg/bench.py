@@ -15,7 +15,7 @@ from q2_ecg import train as q2_train
 def throughput(name: str, args) -> str:
     """One line: training beats/s of model `name` over args.steps batches."""
     targs = q2_train.parse_args(["--data", args.data, "--device", args.device, "--model", name,
-                                 "--batch-beats", str(args.batch_beats),
+                                 "--batch-beats", str(args.batch_beats), "--split", "beat",
                                  "--results-root", "/tmp/q2-bench"])
     r = q2_train.setup(targs)
     length = r.model.cfg.context
