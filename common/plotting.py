@@ -1,11 +1,13 @@
 """One plot style for every figure, and saving figures with their data source in the title."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # figures are written to files; scripts run over SSH without a display
+if "ipykernel" not in sys.modules:  # scripts write files over SSH; a notebook keeps its inline backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.io import atomic_write  # noqa: E402

@@ -4,10 +4,12 @@ The notebooks never train; they read results/<question>/<source>/ and run the li
 """
 from __future__ import annotations
 
+import inspect
 import os
+from collections import Counter
 from pathlib import Path
 
-from IPython.display import Markdown
+from IPython.display import Code, Markdown
 
 from common.datasource import PROJECT_ROOT
 from common.io import read_json
@@ -44,8 +46,15 @@ def choose_source(question: str, spec: str | None = None) -> tuple[str, Path]:
     raise FileNotFoundError(f"no results under {root}: run `make {question}` (or `make demo`) first")
 
 
-def banner(metrics: dict) -> Markdown:
-    """A box naming the data source; loud when it is the synthetic demo data."""
+def run_commits(results: Path) -> Counter:
+    """How many run folders under `results` were trained (or scored) at each commit."""
+    return Counter(read_json(p).get("git_commit", "unknown")
+                   for p in sorted(results.glob("*/summary.json")))
+
+
+def banner(metrics: dict, results: Path | None = None) -> Markdown:
+    """A box naming the data source and the code behind every number; loud when it is the
+    synthetic demo data or when a run was trained from uncommitted code."""
     label = metrics["data_label"]
     where = f"`{metrics['data_path']}`" if metrics.get("data_path") else metrics["data_source"]
     if metrics["data_source"] == "demo":
@@ -53,9 +62,42 @@ def banner(metrics: dict) -> Markdown:
                 f"({label}), not from real scans or recordings. Run `make q1 q2 notebooks` with "
                 "real data for meaningful numbers.")
     else:
-        text = (f"> **Data source:** {label} ({where}). Results produced by code at commit "
-                f"`{metrics['git_commit']}` on {metrics['device']}, {metrics['created']}.")
+        text = (f"> **Data source:** {label} ({where}). Scored from the runs' prediction files by "
+                f"code at commit `{metrics['git_commit']}`, {metrics['created']}.")
+    commits = run_commits(results) if results is not None else Counter()
+    if commits:
+        listed = ", ".join(f"`{c}` ({n} run{'s' * (n > 1)})" for c, n in sorted(commits.items()))
+        text += f"\n>\n> **Runs trained at:** {listed}."
+        dirty = sum(n for c, n in commits.items() if c.endswith("+dirty") or c == "unknown")
+        if dirty:
+            text += (f" **⚠ {dirty} run(s) were trained from uncommitted changes** (`+dirty`): "
+                     "the commit named is the closest one, not an exact record of their code.")
     return Markdown(text)
+
+
+def show_code(*objects) -> Code:
+    """The source of functions or classes, highlighted, straight from the modules that run
+    (one source of truth: what the marker reads is what trained the models)."""
+    parts = []
+    for obj in objects:
+        lines, start = inspect.getsourcelines(obj)
+        where = Path(inspect.getsourcefile(obj)).resolve().relative_to(PROJECT_ROOT)
+        parts.append(f"# {where}, line {start}\n" + "".join(lines).rstrip())
+    return Code("\n\n\n".join(parts), language="python")
+
+
+def settings_table(results: Path, runs: list[str], keys: list[str]) -> Markdown:
+    """Hyper-parameters of the named run folders, read from each run's saved summary.json
+    (its resolved command-line settings and model constructor arguments)."""
+    rows = []
+    for run in runs:
+        summary = read_json(results / run / "summary.json")
+        saved = {**summary.get("config", {}), **summary.get("model_args", {}),
+                 "precision": summary.get("precision"), "device": summary.get("device"),
+                 "parameters": summary.get("parameters")}
+        rows.append([run] + [f"{v:g}" if isinstance(v, float) else v
+                             for v in (saved.get(k) for k in keys)])
+    return table(["run"] + keys, rows)
 
 
 def table(headers: list[str], rows: list[list]) -> Markdown:

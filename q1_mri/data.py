@@ -134,7 +134,7 @@ def _rows_to_arrays(table, split: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _parquet_files(folder: Path) -> dict[str, list[str]]:
+def parquet_files(folder: Path) -> dict[str, list[str]]:
     """The parquet files of `folder` per split in SPLITS (only the splits that have files).
 
     Splits are inferred from the file names exactly as `datasets` does (train.parquet,
@@ -169,7 +169,7 @@ def _load_datasets(source: DataSource):
         return datasets.load_from_disk(str(source.path))
     if not any(source.path.rglob("*.parquet")):
         raise DataSourceError(f"{source.path}: no parquet files or save_to_disk folder found")
-    files = _parquet_files(source.path)
+    files = parquet_files(source.path)
     check_schema(source.path, (f for paths in files.values() for f in paths), COLUMNS,
                  ECG_COLUMNS, f"holds ECG records (Q2's schema: {', '.join(ECG_COLUMNS)}), not "
                  "T1/T2 slices; use it with make q2 / q2_ecg")

@@ -6,10 +6,13 @@ table (the oracle per-volume p99.5 unless said otherwise).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from IPython.display import Markdown
 
+from common.datasource import DataSource, require_hub
 from common.report import table
-from q1_mri.data import SPLITS, VIEWS, MRISplit
+from q1_mri.data import REPO_ID, SPLITS, VIEWS, MRISplit, parquet_files
+from q1_mri.demo import make_demo_mri
 
 LABELS = {"masked_ssim": "SSIM", "masked_psnr": "PSNR (dB)", "masked_mae": "MAE",
           "ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
@@ -122,3 +125,26 @@ def paired_table(metrics: dict, scale: str | None = None) -> Markdown:
         rows.append(row)
     return table(["comparison"] + [f"Δ {LABELS[k]} (brain, {scale})"
                                    for k in ("masked_ssim", "masked_psnr", "masked_mae")], rows)
+
+
+def template_datasets(source: DataSource) -> dict:
+    """The template's loading cells on any source, as `datasets.Dataset` per split.
+
+    Hub: the provided `load_dataset(REPO_ID, split=...)`. A local folder in the Hub's schema:
+    the same `load_dataset`, on its parquet files. Demo: the synthetic arrays as a Dataset.
+    """
+    from datasets import Dataset, load_dataset
+
+    if source.kind == "hub":
+        require_hub(REPO_ID)
+        return {s: load_dataset(REPO_ID, split=s) for s in SPLITS}
+    if source.kind == "folder":
+        return dict(load_dataset("parquet", data_files=parquet_files(source.path)))
+    demo = make_demo_mri()
+    return {s: Dataset.from_dict({k: list(v) for k, v in demo[s].items()}) for s in SPLITS}
+
+
+def to_tensors(batch: dict) -> dict:
+    """The template's per-item transform: image fields as float32 tensors (1, 64, 64)."""
+    return {k: [torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in v]
+            if k in ("t1", "t2") else v for k, v in batch.items()}

@@ -161,7 +161,7 @@ def _check_mapping(mapping: dict) -> None:
         raise DataError(f"class_mapping.json is {mapping}, expected {CLASS_MAPPING}")
 
 
-def _parquet_files(folder: Path) -> list[str]:
+def parquet_files(folder: Path) -> list[str]:
     """The folder's *.parquet files (a README, notes or JSON beside them are never read as
     data); hidden files and folders are skipped, as the data fingerprint skips them."""
     return sorted(str(f) for f in folder.rglob("*.parquet")
@@ -181,7 +181,7 @@ def _load_rows(source: DataSource):
         return datasets.load_dataset(REPO_ID, split="train")
     if (source.path / "class_mapping.json").exists():
         _check_mapping(json.loads((source.path / "class_mapping.json").read_text()))
-    files = _parquet_files(source.path)
+    files = parquet_files(source.path)
     if not files:
         raise DataSourceError(f"{source.path}: no parquet files found")
     check_schema(source.path, files, COLUMNS, MRI_COLUMNS, f"holds MRI slices (Q1's schema: "

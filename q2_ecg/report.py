@@ -1,11 +1,16 @@
 """Q2 tables for the notebook, built from results/q2/<source>/metrics.json."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from IPython.display import Markdown
 
+from common.datasource import DataSource, require_hub
 from common.report import table, with_ci
-from q2_ecg.data import CLASS_MAPPING, keep_by_length
+from q2_ecg.data import CLASS_MAPPING, REPO_ID, keep_by_length, parquet_files
+from q2_ecg.demo import make_demo_ecg
 from q2_ecg.metrics import label
 
 METRIC_NAMES = {"se": "Se (recall)", "ppv": "+P (precision)", "f1": "F1", "sp": "Sp"}
@@ -169,3 +174,51 @@ def imbalance_table(metrics: dict) -> Markdown:
                      sum(inner) / len(inner)] + [sum(v) / len(v) for v in held])
     return table(["method", "imbalance handling", "folds", "inner-validation mean F1 (SVEB, VEB)",
                   "held-out SVEB F1 (fold mean)", "held-out VEB F1 (fold mean)"], rows)
+
+
+def template_dataset(source: DataSource):
+    """The template's loading cell on any source: (records as a `datasets.Dataset`, the class
+    mapping). Hub: the provided `load_dataset(REPO_ID)` and `hf_hub_download` of
+    class_mapping.json; a local folder in the Hub's schema: the same calls' local equivalents;
+    demo: the synthetic records as a Dataset."""
+    from datasets import Dataset, load_dataset
+
+    if source.kind == "hub":
+        require_hub(REPO_ID)
+        from huggingface_hub import hf_hub_download
+        mapping = hf_hub_download(REPO_ID, "class_mapping.json", repo_type="dataset")
+        return load_dataset(REPO_ID)["train"], json.loads(Path(mapping).read_text())
+    if source.kind == "folder":
+        mapping_file = source.path / "class_mapping.json"
+        mapping = (json.loads(mapping_file.read_text()) if mapping_file.exists()
+                   else {str(k): v for k, v in CLASS_MAPPING.items()})
+        files = parquet_files(source.path)
+        return load_dataset("parquet", data_files={"train": files})["train"], mapping
+    rows = make_demo_ecg()
+    return (Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}),
+            {str(k): v for k, v in CLASS_MAPPING.items()})
+
+
+def plot_signal(signal: np.ndarray, title: str, sampling_rate: int = 128,
+                beat_locations: np.ndarray | None = None, beat_annotations=None, ax=None):
+    """The template's helper: an ECG trace against time (minutes), red dots on the annotated
+    beats and the label of every beat that is not 'NOR'. The y range follows the trace (the
+    template's fixed [-0.5, 1] clips most R peaks, which reach 1-2.5 mV)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(12, 2.5))[1]
+    minutes = np.arange(len(signal)) / sampling_rate / 60
+    ax.plot(minutes, signal, lw=0.7, color="0.2")
+    if beat_locations is not None:
+        locs = np.asarray(beat_locations)
+        ax.plot(minutes[locs], signal[locs], "o", color="red", ms=3)
+        names = [] if beat_annotations is None else list(beat_annotations)
+        shown = [(loc, name) for loc, name in zip(locs, names) if name != "NOR"]
+        for k, (loc, name) in enumerate(shown):   # three heights, so neighbours never collide
+            ax.annotate(name, (minutes[loc], signal[loc]), xytext=(0, 5 + 9 * (k % 3)),
+                        textcoords="offset points", ha="center", fontsize=7, color="red")
+    low, high = np.percentile(signal, [0.1, 99.9])
+    ax.set_ylim(low - 0.2 * (high - low), high + 0.3 * (high - low))
+    ax.set(title=title, xlabel="time (min)", ylabel="amplitude (mV)")
+    ax.grid(alpha=0.3)
+    return ax

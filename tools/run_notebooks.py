@@ -1,7 +1,7 @@
 """Execute Assessment_Q1.ipynb and Assessment_Q2.ipynb in place with a real kernel.
 
     python tools/run_notebooks.py [--data SPEC | --q1-data SPEC --q2-data SPEC]
-                                  [--results-root DIR] [--out-dir DIR]
+                                  [--results-root DIR] [--out-dir DIR] [--only q1|q2]
 
 The notebooks explore the data live (from the cache) and show the results already in
 results/<question>/<source>/; they never train. Fails (exit 1) if any cell raises.
@@ -40,12 +40,16 @@ def main() -> None:
     p.add_argument("--results-root", default=None, help="folder holding results/<question>/")
     p.add_argument("--out-dir", default=str(ROOT), help="where the executed notebooks go")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    p.add_argument("--only", choices=list(NOTEBOOKS), default=None, help="execute one notebook")
     args = p.parse_args()
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     if args.results_root:
         os.environ["RESULTS_ROOT"] = str(Path(args.results_root).resolve())
     os.environ.setdefault("NO_PROGRESS", "1")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     for q, name in NOTEBOOKS.items():
+        if args.only and q != args.only:
+            continue
         spec = getattr(args, f"{q}_data") or args.data
         if spec:                          # read by common.report.choose_source in the kernel
             os.environ["NOTEBOOK_DATA"] = spec
