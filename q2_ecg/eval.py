@@ -24,7 +24,7 @@ from common import cli
 from common.io import read_csv, read_json, savez, write_json
 from common.results import evaluation_dirs, provenance
 from common.stats import bootstrap_additive
-from q2_ecg.beats import HALF_WINDOW, build_table
+from q2_ecg.beats import HALF_WINDOW, RR_NAMES, build_table
 from q2_ecg.data import load_records, resolve_source
 from q2_ecg.metrics import (
     HEADLINE,
@@ -340,20 +340,25 @@ def main(args) -> dict:
 
 
 def example_signals(source, oof: dict):
-    """signal_of(method, i) -> (beat window, record template), each (WINDOW,), of row i of the
-    method's out-of-fold rows: read from the data, for the example-beat figure only."""
+    """signal_of(method, i) -> what the model read for row i of the method's out-of-fold rows:
+    {"window": beat window (WINDOW,), "template": record template (WINDOW,), "rr_prev_s",
+    "rr_next_s", "rr_sinus_s": RR features in s}; read from the data, for the example-beat
+    figure only."""
     records = load_records(source)
     table = build_table(records)
     first = records.beat_offsets[:-1]
     row_of = {p: r for r, p in enumerate(records.patient_id)}
+    rr_column = {name: RR_NAMES.index(name) for name in ("rr_prev_s", "rr_next_s", "rr_sinus_s")}
 
-    def signal_of(method: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def signal_of(method: str, i: int) -> dict:
         rows = oof[method, "kfold"]
         r = row_of[rows["record"][i]]
         locs = records.beat_locs[first[r]:records.beat_offsets[r + 1]]
         g = first[r] + int(np.searchsorted(locs, rows["beat_loc"][i]))
         c = table.centre[g]
-        return table.signal[c - HALF_WINDOW:c + HALF_WINDOW], table.template[r]
+        return {"window": table.signal[c - HALF_WINDOW:c + HALF_WINDOW],
+                "template": table.template[r],
+                **{name: float(table.rr[g, k]) for name, k in rr_column.items()}}
     return signal_of
 
 

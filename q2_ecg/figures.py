@@ -1,5 +1,5 @@
 """Q2 result figures from evaluation's output: curves, confusion matrices, ROC/PR, example beats,
-scheme comparisons. Nothing here runs a model or imports evaluation."""
+scheme contrasts. Nothing here runs a model or imports evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +7,20 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from common.plotting import save_figure
 from q2_ecg.beats import HALF_WINDOW
 from q2_ecg.data import SAMPLING_RATE
-from q2_ecg.metrics import CLASSES, HEADLINE
-from q2_ecg.metrics import label as metric_label
+from q2_ecg.eda import database_name
+from q2_ecg.metrics import CLASSES
 
 CURVES = (("train_loss", "training loss"), ("val_abnormal_macro_f1", "mean F1 of SVEB and VEB"),
           ("val_normal_f1", "F1 normal (class 0)"), ("val_abnormal_f1", "F1 abnormal (classes 1-2)"),
           ("val_SVEB_f1", "F1 SVEB"), ("val_VEB_f1", "F1 VEB"))
+MIN_FPR = 1e-4       # left edge of the log false-positive-rate axis
+SCHEMES = {"kfold": "k-fold (unseen persons)", "lodo": "held-out database",
+           "beat": "leaky beat-level split"}
 
 
 def plot_curves(histories: dict[str, dict[str, list[dict]]]) -> plt.Figure:
@@ -30,9 +33,12 @@ def plot_curves(histories: dict[str, dict[str, list[dict]]]) -> plt.Figure:
                 if key in rows[0]:
                     ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=f"C{c}",
                             lw=0.9, alpha=0.8, marker=".", label=name if k == 0 else None)
-        ax.set(title=label, xlabel="epoch", ylabel=label if key == "train_loss" else "F1")
+        ylabel = ("cross-entropy (nats per beat)" if key == "train_loss"
+                  else "F1 on inner-validation records")
+        ax.set(title=label, xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.flat[1].legend()
+    fig.suptitle("Training curves of every fold (one line per fold)")
     return fig
 
 
@@ -48,79 +54,144 @@ def plot_confusions(confusions: dict[str, list], names: list[str]) -> plt.Figure
                 ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.1f}%", ha="center", va="center",
                         fontsize=7, color="white" if share[i, j] > 0.5 else "black")
         ax.set(xticks=range(3), yticks=range(3), xticklabels=CLASSES, yticklabels=CLASSES,
-               xlabel="predicted", ylabel="true", title=name)
+               xlabel="predicted class", ylabel="true class", title=name)
         ax.grid(False)
+    fig.suptitle("Out-of-fold confusion matrices (beats; % of the true class)")
     return fig
+
+
+def _roc_pr(roc: plt.Axes, pr: plt.Axes, y: np.ndarray, p_abnormal: np.ndarray, label: str,
+            **style) -> None:
+    """Add one normal-vs-abnormal ROC curve (to `roc`) and PR curve (to `pr`) of labels y (n,)
+    0..2 and scores p_abnormal (n,)."""
+    abnormal = y > 0
+    fpr, tpr, _ = roc_curve(abnormal, p_abnormal)
+    prec, rec, _ = precision_recall_curve(abnormal, p_abnormal)
+    roc.plot(fpr.clip(MIN_FPR), tpr, label=f"{label} (AUROC {auc(fpr, tpr):.3f})", **style)
+    pr.plot(rec, prec, label=label, **style)
+
+
+def _finish_roc_pr(roc: plt.Axes, pr: plt.Axes, prevalence: float, where: str = "") -> None:
+    """Log false-positive-rate axis with the chance curve; the prevalence line on the PR axes."""
+    grid = np.logspace(np.log10(MIN_FPR), 0, 50)
+    roc.plot(grid, grid, color="0.6", ls=":", lw=0.8, label="chance")
+    roc.set(xscale="log", xlim=(MIN_FPR, 1), ylim=(0, 1.02),
+            xlabel="false-positive rate (share of normal beats called abnormal, log)",
+            ylabel="sensitivity (share of abnormal beats found)",
+            title=f"ROC{where or ', abnormal = SVEB or VEB'}")
+    pr.axhline(prevalence, color="k", ls="--", lw=0.8,
+               label=f"abnormal prevalence {prevalence:.3f} (chance)")
+    pr.annotate(f"abnormal prevalence {prevalence:.3f}", (0.5, prevalence),
+                xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points",
+                ha="center", fontsize=7)
+    pr.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (share of abnormal beats found)",
+           ylabel="precision (share of beats called abnormal that are)",
+           title=f"Precision-recall{where or ', abnormal = SVEB or VEB'}")
+    roc.legend(loc="lower right", fontsize=7)
+    pr.legend(loc="center left", fontsize=7)
 
 
 def plot_roc_pr(preds: dict, names: list[str]) -> plt.Figure:
     """Normal vs abnormal: ROC (false-positive rate on a log axis, where a screening tool
-    operates) and precision-recall with the prevalence of abnormal beats as the chance line."""
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in names:
-        p = preds[name]
-        abnormal = p["y"] > 0
-        fpr, tpr, _ = roc_curve(abnormal, p["p_abnormal"])
-        prec, rec, _ = precision_recall_curve(abnormal, p["p_abnormal"])
-        roc.plot(fpr.clip(1e-4), tpr, label=name)
-        pr.plot(rec, prec, label=name)
-    prevalence = float(np.mean(preds[names[0]]["y"] > 0))
-    pr.axhline(prevalence, color="k", ls=":", lw=0.8, label=f"prevalence {prevalence:.3f}")
-    roc.set(xscale="log", xlim=(1e-4, 1), xlabel="1 - specificity (normal beats called abnormal)",
-            ylabel="sensitivity (abnormal beats found)", title="ROC, abnormal = SVEB or VEB")
-    pr.set(xlabel="recall (sensitivity)", ylabel="precision (+P)",
-           title="Precision-recall, abnormal = SVEB or VEB")
-    roc.legend(loc="lower right")
-    pr.legend(loc="lower left")
+    operates) and precision-recall with the prevalence of abnormal beats as the chance line.
+
+    preds[name]: rows with "y" (n,) 0..2 and "p_abnormal" (n,)."""
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.3))
+    for c, name in enumerate(names):
+        _roc_pr(roc, pr, preds[name]["y"], preds[name]["p_abnormal"], name, color=f"C{c}")
+    _finish_roc_pr(roc, pr, float(np.mean(preds[names[0]]["y"] > 0)))
+    fig.suptitle("Normal vs abnormal, out of fold")
+    return fig
+
+
+def plot_scheme_contrast(kfold: dict[str, dict], other: dict[str, dict], scheme: str
+                         ) -> plt.Figure:
+    """The same methods under k-fold (dashed) and under `scheme` ('lodo': one row per held-out
+    database, k-fold restricted to that database's records; 'beat': the leaky split, one row):
+    whole ROC (log false-positive rate) and PR curves, beyond the tables' point values.
+
+    kfold[method], other[method]: pooled rows with "y", "p_abnormal" and "db" (n,)."""
+    groups = sorted({str(d) for rows in other.values() for d in rows["db"]}) \
+        if scheme == "lodo" else [None]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
+    for (roc, pr), db in zip(axes, groups):
+        prevalence = None
+        for c, (method, rows) in enumerate(other.items()):
+            if db is not None and not (rows["db"] == db).any():
+                continue                       # this method's LODO runs left `db` out
+            for how, r, ls in (("kfold", kfold.get(method), "--"), (scheme, rows, "-")):
+                if r is None:
+                    continue
+                m = np.ones(len(r["y"]), bool) if db is None else r["db"] == db
+                if len(np.unique(r["y"][m] > 0)) < 2:
+                    continue
+                _roc_pr(roc, pr, r["y"][m], r["p_abnormal"][m], f"{method}, {SCHEMES[how]}",
+                        color=f"C{c}", ls=ls)
+                prevalence = float(np.mean(r["y"][m] > 0)) if prevalence is None else prevalence
+        _finish_roc_pr(roc, pr, np.nan if prevalence is None else prevalence,
+                       "" if db is None else f" on the records of {database_name(db)}")
+    fig.suptitle(f"Normal vs abnormal (SVEB or VEB): k-fold (dashed) against {SCHEMES[scheme]} "
+                 "(solid)")
     return fig
 
 
 def plot_examples(signal_of, pred: dict, n_per_cell: int = 3) -> plt.Figure:
     """Rows: true class; left columns correctly classified, right columns misclassified beats.
+    Each panel shows what the model reads: the beat's window, its record's template (median
+    beat, the second input channel) and the RR features (text; markers at the neighbouring R
+    peaks and where they would sit at the record's sinus RR).
 
-    signal_of(i) -> (beat window (W,), record template (W,)) of row i of `pred`.
+    pred: out-of-fold rows ("y", "pred", "p_abnormal", "record", "db", "beat_loc", (n,) each).
+    signal_of(i) -> {"window": (WINDOW,), "template": (WINDOW,), "rr_prev_s", "rr_next_s",
+    "rr_sinus_s": float} of row i, amplitudes scaled by the record's median R amplitude.
     """
     rng = np.random.default_rng(0)
     t_s = np.arange(-HALF_WINDOW, HALF_WINDOW) / SAMPLING_RATE
-    fig, axes = plt.subplots(3, 2 * n_per_cell, figsize=(2.1 * 2 * n_per_cell, 5.5), sharex=True)
+    fig, axes = plt.subplots(3, 2 * n_per_cell, figsize=(2.45 * 2 * n_per_cell, 7.6),
+                             sharex=True, squeeze=False)
     for c in range(3):
         for side, correct in enumerate((True, False)):
             pool = np.flatnonzero((pred["y"] == c) & ((pred["pred"] == c) == correct))
             picks = rng.choice(pool, min(n_per_cell, len(pool)), replace=False) if len(pool) else []
             for k in range(n_per_cell):
                 ax = axes[c, side * n_per_cell + k]
-                if k < len(picks):
-                    i = picks[k]
-                    beat, template = signal_of(i)
-                    ax.plot(t_s, template, lw=0.8, color="0.6", label="record's median beat")
-                    ax.plot(t_s, beat, lw=0.8, color="C2" if correct else "C3", label="beat")
-                    ax.set_title(f"{pred['record'][i]}: true {CLASSES[c]}, pred "
-                                 f"{CLASSES[pred['pred'][i]]}\nP(abnormal) "
-                                 f"{pred['p_abnormal'][i]:.2f}", fontsize=7)
                 ax.axvline(0, color="k", lw=0.5, ls=":")
-                if k == 0 and side == 0:
-                    ax.set_ylabel("scaled amplitude")
-                if c == 2:
-                    ax.set_xlabel("time from R peak (s)")
-    axes[0, 0].legend(fontsize=6, loc="lower left")
-    return fig
-
-
-def plot_grouped(table: dict[str, dict[str, dict]], keys: tuple[str, ...], title: str
-                 ) -> plt.Figure:
-    """Bars of `keys` for each (model, setting) in table[model][setting]."""
-    settings = sorted({s for per in table.values() for s in per})
-    fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 3.6), squeeze=False)
-    width = 0.8 / len(settings)
-    for ax, (model, per) in zip(axes[0], table.items()):
-        for k, setting in enumerate(settings):
-            if setting in per:
-                ax.bar(np.arange(len(keys)) + k * width, [per[setting].get(key, np.nan)
-                                                          for key in keys], width, label=setting)
-        ax.set_xticks(np.arange(len(keys)) + width * (len(settings) - 1) / 2,
-                      [metric_label(k) for k in keys], rotation=30, ha="right")
-        ax.set(ylim=(0, 1.05), ylabel="held-out value", title=f"{model}: {title}")
-        ax.legend(fontsize=7)
+                if k >= len(picks):
+                    ax.set_title(f"no {'correct' if correct else 'misclassified'} "
+                                 f"{CLASSES[c]} beat", fontsize=7)
+                    continue
+                i = picks[k]
+                s = signal_of(i)
+                ax.plot(t_s, s["template"], lw=0.9, color="0.6")
+                ax.plot(t_s, s["window"], lw=0.8, color="C2" if correct else "C3")
+                xaxis = ax.get_xaxis_transform()
+                prev, nxt, sinus = s["rr_prev_s"], s["rr_next_s"], s["rr_sinus_s"]
+                for xs, style in (([-prev, nxt], {"marker": "^", "ms": 5, "color": "k"}),
+                                  ([-sinus, sinus], {"marker": "|", "ms": 9, "mew": 1.5,
+                                                     "color": "C0"})):
+                    xs = [x for x in xs if abs(x) <= t_s[-1]]     # neighbours inside the window
+                    ax.plot(xs, [0.03] * len(xs), ls="", transform=xaxis, **style)
+                ax.text(0.02, 0.98, f"RR prev/next {prev:.2f}/{nxt:.2f} s\nsinus {sinus:.2f} s",
+                        transform=ax.transAxes, ha="left", va="top", fontsize=6,
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
+                ax.set_title(f"{pred['record'][i]} ({str(pred['db'][i]).removesuffix('_npy')}) "
+                             f"at {pred['beat_loc'][i] / SAMPLING_RATE:.1f} s\ntrue "
+                             f"{CLASSES[c]}, predicted {CLASSES[pred['pred'][i]]}, "
+                             f"P(abn.) {pred['p_abnormal'][i]:.2f}", fontsize=7,
+                             color="k" if correct else "C3")
+    for ax in axes[-1]:                       # the columns share their time axis
+        ax.set(xlabel="time from R peak (s)", xlim=(t_s[0], t_s[-1]))
+    fig.supylabel("amplitude (multiples of the record's median R amplitude)", fontsize=9)
+    handles = [plt.Line2D([], [], color="C2", label="beat window, correctly classified"),
+               plt.Line2D([], [], color="C3", label="beat window, misclassified"),
+               plt.Line2D([], [], color="0.6", label="record's median beat (2nd input channel)"),
+               plt.Line2D([], [], ls="", marker="^", color="k",
+                          label="previous / next R peak (RR prev, next)"),
+               plt.Line2D([], [], ls="", marker="|", ms=9, mew=1.5, color="C0",
+                          label="where they would be at the sinus RR")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7)
+    fig.suptitle(f"Out-of-fold beats: {n_per_cell} correct (left) and {n_per_cell} "
+                 "misclassified (right) per true class")
     return fig
 
 
@@ -143,19 +214,18 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
     ranked = [m for m in kfold if (m, "kfold") in oof and m != "majority"]
     if ranked:
         save_figure(plot_roc_pr({m: oof[m, "kfold"] for m in ranked}, ranked),
-                    folder / "roc_pr.png", "Normal vs abnormal, out of fold (seed 0)", label)
+                    folder / "roc_pr.png", "Normal vs abnormal, out of fold (first seed)", label)
     chosen = result.get("chosen_model")
     if chosen and signal_of is not None and (chosen, "kfold") in oof:
         save_figure(plot_examples(lambda i: signal_of(chosen, i), oof[chosen, "kfold"]),
                     folder / "examples.png",
-                    f"Out-of-fold beats classified by {chosen}: correct (green) and wrong (red)",
-                    label)
-    for scheme, title, name in (("lodo", "held-out database", "lodo.png"),
-                                ("beat", "leaky beat-level split", "leaky.png")):
-        table = {}
-        for method, entry in result["models"].get(scheme, {}).items():
-            first = entry["seeds"][min(entry["seeds"])]
-            table[method] = (first["per_database"] if scheme == "lodo" else {"beat split": {
-                k: v["value"] for k, v in first["pooled"].items() if k in HEADLINE}})
-        if table:
-            save_figure(plot_grouped(table, HEADLINE, title), folder / name, title, label)
+                    f"Out-of-fold beats classified by {chosen}: correct (green, left columns) "
+                    "and misclassified (red, right columns), per true class", label)
+    for scheme, name in (("lodo", "lodo.png"), ("beat", "leaky.png")):
+        other = {m: oof[m, scheme] for m in result["models"].get(scheme, {})
+                 if (m, scheme) in oof and m != "majority"}
+        if other:
+            save_figure(plot_scheme_contrast({m: oof[m, "kfold"] for m in other if m in kfold
+                                              and (m, "kfold") in oof}, other, scheme),
+                        folder / name, f"Normal vs abnormal (SVEB or VEB): k-fold (dashed) "
+                                       f"against {SCHEMES[scheme]} (solid), first seed", label)

@@ -198,27 +198,3 @@ def template_dataset(source: DataSource):
     return (Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}),
             {str(k): v for k, v in CLASS_MAPPING.items()})
 
-
-def plot_signal(signal: np.ndarray, title: str, sampling_rate: int = 128,
-                beat_locations: np.ndarray | None = None, beat_annotations=None, ax=None):
-    """The template's helper: an ECG trace against time (minutes), red dots on the annotated
-    beats and the label of every beat that is not 'NOR'. The y range follows the trace (the
-    template's fixed [-0.5, 1] clips most R peaks, which reach 1-2.5 mV)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(12, 2.5))[1]
-    minutes = np.arange(len(signal)) / sampling_rate / 60
-    ax.plot(minutes, signal, lw=0.7, color="0.2")
-    if beat_locations is not None:
-        locs = np.asarray(beat_locations)
-        ax.plot(minutes[locs], signal[locs], "o", color="red", ms=3)
-        names = [] if beat_annotations is None else list(beat_annotations)
-        shown = [(loc, name) for loc, name in zip(locs, names) if name != "NOR"]
-        for k, (loc, name) in enumerate(shown):   # three heights, so neighbours never collide
-            ax.annotate(name, (minutes[loc], signal[loc]), xytext=(0, 5 + 9 * (k % 3)),
-                        textcoords="offset points", ha="center", fontsize=7, color="red")
-    low, high = np.percentile(signal, [0.1, 99.9])
-    ax.set_ylim(low - 0.2 * (high - low), high + 0.3 * (high - low))
-    ax.set(title=title, xlabel="time (min)", ylabel="amplitude (mV)")
-    ax.grid(alpha=0.3)
-    return ax
