@@ -22,9 +22,11 @@ SEEDS     ?= 1
 Q2_LODO   ?= mitdb svdb incartdb
 Q2_LEAKY  ?= resnet
 SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
+# make lab: the port JupyterLab listens on (127.0.0.1 only; reach it through an SSH tunnel)
+PORT      ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q1-final q2 q2-final demo demo-q1 demo-q2 bench notebooks clean
+.PHONY: help setup test lint q1 q1-final q2 q2-final demo demo-q1 demo-q2 bench notebooks lab clean
 
 ## List the targets
 help:
@@ -101,18 +103,26 @@ q2-final: setup
 demo: demo-q1 demo-q2
 
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 5 --monitor-slices 128 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 3 --slices-per-epoch 384 --monitor-slices 64 $(Q1_ARGS)"
 
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \
-	  Q2_ARGS="--epochs 4 --beats-per-epoch 5000 --channels 16 16 32 $(Q2_ARGS)"
+	  Q2_ARGS="--epochs 2 --beats-per-epoch 4000 --channels 16 16 32 $(Q2_ARGS)"
 
 ## Execute both notebooks in place on the results of Q1_DATA/Q2_DATA (default: best source with results)
 notebooks: setup
 	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data "$(Q1_DATA)",) \
 	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data "$(Q2_DATA)",)
 
-## Throughput: device-resident training vs a per-item datasets + DataLoader path
+## Open the notebooks in JupyterLab (kernel: .venv) on 127.0.0.1:PORT; from a laptop: ssh -L PORT:localhost:PORT server
+lab: .venv/.lab-installed
+	.venv/bin/python -m jupyterlab --no-browser --ip 127.0.0.1 --port $(PORT) --notebook-dir "$(CURDIR)"
+
+.venv/.lab-installed: requirements-lab.txt .venv/.installed
+	.venv/bin/pip install -q -r requirements-lab.txt
+	touch $@
+
+## Throughput per model: samples/s, peak memory, FLOPs per sample, fraction of the device peak (Q1 also vs a DataLoader)
 bench: setup
 	$(PYTHON) -m q1_mri.bench --data "$(Q1_DATA)"
 	$(PYTHON) -m q2_ecg.bench --data "$(Q2_DATA)"

@@ -41,6 +41,14 @@ def fraction(text: str) -> float:
     return _checked(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def auto_or(kind: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse type: "auto" (left to the script, which resolves it per device) or `kind`."""
+    def parse(text: str):
+        return "auto" if text == "auto" else kind(text)
+    parse.__name__ = f"auto_or_{kind.__name__}"
+    return parse
+
+
 def _checked(kind, text: str, ok, what: str):
     try:
         value = kind(text)
@@ -68,6 +76,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--seed", type=natural, default=0, help="seeds data splits, init and batch order")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+
+
+def add_compile_args(p: argparse.ArgumentParser) -> None:
+    """--compile [auto|on|off] and --no-compile; the script resolves auto per device
+    (common.runtime.compile_enabled) and keeps the resolved True/False in its config."""
+    p.add_argument("--compile", nargs="?", choices=["auto", "on", "off"], const="on",
+                   default="auto", help="torch.compile the model: auto = on for CUDA only; "
+                                        "a bare --compile means on")
+    p.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                   default=argparse.SUPPRESS, help="the same as --compile off")
 
 
 def add_eval_args(p: argparse.ArgumentParser, items: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sys
@@ -23,6 +24,46 @@ def select_device(requested: str = "auto") -> torch.device:
         return torch.device("cuda" if requested == "auto" else requested)
     print("notice: no CUDA device found, running on the CPU (slow, but it works)", file=sys.stderr)
     return torch.device("cpu")
+
+
+def device_type(requested: str = "auto") -> str:
+    """"cuda" or "cpu": the kind of device select_device(requested) returns (without its notice),
+    so that command-line defaults can be resolved per device while the flags are parsed."""
+    return "cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def device_batch(batch: int | str, lr: float | str, kind: str, cpu_batch: int, cuda_batch: int,
+                 base_lr: float) -> tuple[int, float]:
+    """(batch size, peak learning rate) of a run on a device of `kind` ("cpu" | "cuda").
+
+    batch "auto": the device's default, cpu_batch on the CPU and cuda_batch on CUDA (a GPU is
+    idle at the CPU's small batches). lr "auto": base_lr, the rate tuned at cpu_batch, scaled
+    by sqrt(batch / cpu_batch) when the batch was left to the device (square-root scaling,
+    which keeps the variance of an Adam update about constant; linear scaling overshoots at
+    8x). An explicit batch keeps base_lr. On the CPU both resolve to the values CPU runs have
+    always used, so their saved configs and --resume identity do not change.
+    """
+    chosen = batch == "auto"
+    if chosen:
+        batch = cuda_batch if kind == "cuda" else cpu_batch
+    if lr == "auto":
+        lr = base_lr * math.sqrt(batch / cpu_batch) if chosen and batch != cpu_batch else base_lr
+    return batch, lr
+
+
+def compile_enabled(flag: str, kind: str) -> bool:
+    """--compile auto|on|off on a device of `kind` -> whether to torch.compile the model.
+
+    auto = on for CUDA only: there it fuses the small kernels the launch overhead is made of;
+    on the CPU compilation takes minutes and CPU runs have always trained eagerly.
+    """
+    return flag == "on" or (flag == "auto" and kind == "cuda")
+
+
+def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused into a few kernels per step on CUDA. On the CPU the default implementation
+    that CPU runs have always used (fused=None)."""
+    return torch.optim.AdamW(params, fused=True if device.type == "cuda" else None, **kwargs)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -104,7 +145,7 @@ def set_rng_state(gen: torch.Generator, state: dict,
                   device_gen: torch.Generator | None = None) -> None:
     gen.set_state(state["gen"])
     torch.set_rng_state(state["torch"])
-    if device_gen is not None:
+    if device_gen is not None and "device_gen" in state:  # older checkpoints of CUDA runs lack it
         device_gen.set_state(state["device_gen"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,122 +1,138 @@
-"""Q1 training throughput: device-resident tensors vs a per-item `datasets` + DataLoader path.
+"""Q1 training throughput: slices/s, peak memory and FLOPs per model; device-resident tensors
+vs a per-item `datasets` + DataLoader path.
 
     python -m q1_mri.bench --data ../shared/data/mri
+    python -m q1_mri.bench --data demo --path resident --batch-size 32 --compile off  # CPU settings
 
-Both paths train the same model with the same batch size, loss and optimiser; they differ only
-in how batches reach the model. Each path runs in its own process so peak memory is its own.
+Both paths run the training script's own step (q1_mri.train.train_step: forward, loss,
+backward, clipped AdamW, EMA) on a run the training script sets up with its defaults for this
+device, unless --batch-size, --compile, --precision or --channels-last say otherwise; they
+differ only in how batches reach the model. Each model and path runs in its own process, so
+peak memory is its own. Per run: slices/s, peak memory, FLOPs per training slice (one forward +
+backward, torch's FLOP counter), the FLOP/s achieved and their fraction of the device's peak.
 """
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from types import SimpleNamespace
+import tempfile
 
 import numpy as np
 import torch
 
-from common import cli
-from common.bench import items_per_second, peak_memory_mb
-from common.runtime import autocast, configure_threads, seed_everything, select_device
-from q1_mri.data import load_mri, normalise, resolve_source, to_device
-from q1_mri.model import build_model, model_args
-from q1_mri.train import augment, generator_loss
+from common import bench, cli
+from q1_mri import train as q1_train
+from q1_mri.predict import model_input
 
 
-def resident_batches(split, device, batch_size, gen):
-    """The training script's path: index a device tensor, augment on the device."""
-    data = to_device(split, device)
-    n = len(data["t1"])
+def resident_batches(r, args):
+    """The training script's path: index the device tensors, augment on the device."""
+    rows = torch.from_numpy(r.train_rows)
 
     def next_batch():
-        idx = torch.randint(0, n, (batch_size,), generator=gen).to(device)
-        return augment(data["t1"][idx].float(), data["t2"][idx].float(), data["view"][idx], gen)
+        idx = rows[torch.randint(0, len(rows), (args.batch_size,), generator=r.gen)]
+        return q1_train.batch(r, args, idx.to(r.device))
     return next_batch
 
 
-def dataloader_batches(split, device, batch_size, gen, workers):
-    """The template's path: a `datasets.Dataset` with a per-item tensor transform + DataLoader."""
+def dataloader_batches(r, args, workers: int):
+    """The template's path: a `datasets.Dataset` of the training slices' inputs, targets and
+    views with a per-item tensor transform, batched by a DataLoader, augmented on the device."""
     import datasets
 
-    t1, t2, _ = normalise(split)
-    table = datasets.Dataset.from_dict({"t1": list(t1), "t2": list(t2),
-                                        "view": list(split.view_index)})
+    idx = torch.from_numpy(r.train_rows).to(r.device)
+    x = model_input(r.data["t1"], r.neighbours, idx).cpu().numpy()
+    t2 = r.data["t2"][idx].float().cpu().numpy()
+    table = datasets.Dataset.from_dict({"x": list(x), "t2": list(t2),
+                                        "view": list(r.data["view"][idx].cpu().numpy())})
 
     def to_tensors(batch):
-        return {k: [torch.tensor(np.asarray(x, np.int64 if k == "view" else np.float32))
-                    for x in batch[k]] for k in batch}
-    loader = torch.utils.data.DataLoader(table.with_transform(to_tensors), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers, drop_last=True,
-                                         generator=gen)
+        return {k: [torch.tensor(np.asarray(v, np.int64 if k == "view" else np.float32))
+                    for v in batch[k]] for k in batch}
+    loader = torch.utils.data.DataLoader(table.with_transform(to_tensors),
+                                         batch_size=args.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, generator=r.gen)
     iterator = iter(loader)
 
     def next_batch():
         nonlocal iterator
         try:
-            batch = next(iterator)
+            b = next(iterator)
         except StopIteration:
             iterator = iter(loader)
-            batch = next(iterator)
-        return augment(batch["t1"].to(device), batch["t2"].to(device), batch["view"].to(device),
-                       gen)
+            b = next(iterator)
+        x, t2 = b["x"].to(r.device), b["t2"].to(r.device)
+        if not args.no_augment:
+            x, t2 = q1_train.augment(x, t2, b["view"].to(r.device), r.gen, r.dgen)
+        return x, t2
     return next_batch
 
 
-def measure(args) -> dict:
-    configure_threads()
-    gen = seed_everything(0)
-    device = select_device(args.device)
-    split = load_mri(resolve_source(args.data))["train"]
-    fmt = torch.channels_last if args.channels_last == "on" else torch.contiguous_format
-    model = build_model(**model_args(args.model)).to(device, memory_format=fmt)
-    step_model = torch.compile(model) if args.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train_args = SimpleNamespace(ssim_weight=1.0, adv_weight=0.0)
-    batches = (resident_batches(split, device, args.batch_size, gen) if args.path == "resident"
-               else dataloader_batches(split, device, args.batch_size, gen, args.workers))
+def train_argv(args, model: str) -> list[str]:
+    """The training script's flags for `model`: its defaults unless this bench's flags say."""
+    argv = ["--data", args.data, "--device", args.device, "--model", model, "--split", "all",
+            "--compile", args.compile, "--precision", args.precision,
+            "--channels-last", args.channels_last]
+    return argv + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
 
-    def step() -> int:
-        t1, t2 = batches()
-        with autocast(device):
-            pred = step_model(t1.contiguous(memory_format=fmt)).float()
-            loss = generator_loss(t2, pred, train_args, None, t1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return len(t1)
-    rate = items_per_second(step, device, args.steps, warmup=10 if args.compile else 3)
-    return {"path": args.path, "slices_per_s": rate, "channels_last": args.channels_last,
-            "compile": args.compile, **peak_memory_mb(device)}
+
+def measure(args) -> dict:
+    """`common.bench.measure` of one model (args.models[0]) on one path (args.path)."""
+    model = args.models[0]
+    with tempfile.TemporaryDirectory(prefix="q1-bench-") as root:   # the split file goes here
+        targs = q1_train.parse_args(train_argv(args, model) + ["--results-root", root])
+        r = q1_train.setup(targs)
+        batches = (resident_batches(r, targs) if args.path == "resident"
+                   else dataloader_batches(r, targs, args.workers))
+        r.model.train()
+
+        def step() -> int:
+            x, t2 = batches()
+            q1_train.train_step(r, targs, x, t2)
+            return len(x)
+        return {"model": model, "path": args.path, "channels_last": r.channels_last,
+                **bench.measure(r, step, args.steps)}
 
 
 def main() -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
-    p.add_argument("--model", default="unet")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=30, help="timed training steps per path")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--path", choices=["both", "resident", "dataloader"], default="both")
-    p.add_argument("--channels-last", choices=["on", "off"], default="on")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--models", nargs="+", choices=sorted(q1_train.MODELS),
+                   default=["unet", "unet25d"])
+    p.add_argument("--batch-size", type=cli.count, default=None,
+                   help="slices per batch (default: the training script's for the device)")
+    p.add_argument("--steps", type=cli.count, default=30, help="timed training steps per run")
+    p.add_argument("--workers", type=cli.natural, default=2, help="DataLoader worker processes")
+    p.add_argument("--path", choices=["both", "resident", "dataloader"], default="both",
+                   help="dataloader needs the `datasets` package")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the model; auto: as the training script (on for CUDA)")
+    p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
+                   help="as the training script's --precision")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="as the training script's --channels-last")
+    p.add_argument("--json", action="store_true",
+                   help="measure the one model of --models on the one --path here, print JSON")
     args = p.parse_args()
-    if args.path != "both":
+    if args.json:
         print(json.dumps(measure(args)))
         return
-    rows = []
-    for path in ("resident", "dataloader"):
-        argv = [a for a in sys.argv[1:] if not a.startswith("--path")] + ["--path", path]
-        done = subprocess.run([sys.executable, "-m", "q1_mri.bench", *argv], capture_output=True,
-                              text=True)
-        if done.returncode:
-            sys.exit(done.stderr.strip().splitlines()[-1])
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"\nQ1 training throughput, model {args.model}, batch {args.batch_size}, data {args.data}")
-    for r in rows:
-        gpu = f", peak GPU {r['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in r else ""
-        print(f"  {r['path']:<11} {r['slices_per_s']:8.1f} slices/s   peak RSS "
-              f"{r['peak_rss_mb']:.0f} MiB{gpu}")
-    print(f"  ratio resident / dataloader: {rows[0]['slices_per_s'] / rows[1]['slices_per_s']:.2f}x")
+    paths = ["resident", "dataloader"] if args.path == "both" else [args.path]
+    print(f"\nQ1 training throughput, data {args.data}")
+    peak = None
+    for model in args.models:
+        rates = {}
+        for path in paths:
+            argv = ["--data", args.data, "--device", args.device, "--models", model, "--path", path,
+                    "--steps", str(args.steps), "--workers", str(args.workers),
+                    "--compile", args.compile, "--precision", args.precision,
+                    "--channels-last", args.channels_last, "--json"]
+            argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+            m = bench.isolated("q1_mri.bench", argv)
+            print(bench.row(f"{model} {path}", "slice", m), flush=True)
+            rates[path], peak = m["items_per_s"], m["peak"]
+        if len(rates) == 2:
+            print(f"  {model}: resident / dataloader {rates['resident'] / rates['dataloader']:.2f}x")
+    print(f"  peak: {peak}")
 
 
 if __name__ == "__main__":

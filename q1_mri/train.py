@@ -15,7 +15,10 @@ summary.json and predictions.npz (the test patients' slices; q1_mri.eval reads i
 Default schedule: 16 epochs of 1,280 slices (640 steps of 32). On the local data the
 validation curves of 40-epoch runs had flattened by epoch 12-20 (of 2,530 slices each); 16 x
 1,280 = 20k slices is a U-Net run of about 12 min in fp32 on 2 CPU cores (~28 slices/s), so
-the 4-fold protocol for two models fits in 2 hours there, minutes on a GPU.
+the 4-fold protocol for two models fits in 2 hours there, minutes on a GPU. On CUDA the
+defaults use the device: batches of 256 (the learning rate scaled by sqrt(256 / 32)), the model
+torch.compiled, fused AdamW, bf16 autocast and augmentation drawn on the device; the CPU
+defaults are unchanged. The resolved batch size, learning rate and compile go into config.json.
 """
 from __future__ import annotations
 
@@ -35,7 +38,12 @@ from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runs import check_resume, locked, run_name
 from common.runtime import (
+    adamw,
+    compile_enabled,
     configure_threads,
+    device_batch,
+    device_generator,
+    device_type,
     grad_scaler,
     precision,
     rng_state,
@@ -56,9 +64,14 @@ from q1_mri.prediction_file import save_predictions
 ADV_DEFAULT = {"unet": 0.0, "unet25d": 0.0, "transunet": 0.01}
 MONITORED = ("masked_ssim", "masked_psnr", "masked_mae", "ssim", "psnr")
 MONITOR_SETS = ("train", "heldout")   # a fixed subset of training slices, and of test slices
+BATCH = {"cpu": 32, "cuda": 256}       # --batch-size auto, per device
+PER_EPOCH = 1280                       # --slices-per-epoch auto at the CPU batch
+BASE_LR = 1e-3                         # --lr auto at the CPU batch
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, kind: str | None = None):
+    """The run's flags, with the per-device defaults resolved for `kind` ("cpu" | "cuda";
+    default: the device --device selects)."""
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="unet",
@@ -74,10 +87,17 @@ def parse_args(argv=None):
                    help="--split all: take the model and its schedule from the "
                         "cross-validation's metrics.json (final_choice)")
     p.add_argument("--epochs", type=cli.count, default=16)
-    p.add_argument("--slices-per-epoch", type=cli.count, default=1280,
-                   help="training slices drawn (without replacement) per epoch; at most all")
-    p.add_argument("--batch-size", type=cli.count, default=32)
-    p.add_argument("--lr", type=cli.positive, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--slices-per-epoch", type=cli.auto_or(cli.count), default="auto",
+                   help=f"training slices drawn (without replacement) per epoch, at most all; "
+                        f"auto: {PER_EPOCH} at the CPU batch, scaled with --batch-size so an "
+                        "epoch keeps its number of optimiser steps")
+    p.add_argument("--batch-size", type=cli.auto_or(cli.count), default="auto",
+                   help=f"auto: {BATCH['cpu']} on the CPU, {BATCH['cuda']} on CUDA")
+    p.add_argument("--lr", type=cli.auto_or(cli.positive), default="auto",
+                   help=f"peak AdamW learning rate; auto: {BASE_LR:g}, scaled by "
+                        f"sqrt(batch / {BATCH['cpu']}) when --batch-size is auto (CUDA: "
+                        f"{BASE_LR * (BATCH['cuda'] / BATCH['cpu']) ** 0.5:.2g}); an explicit "
+                        f"--batch-size keeps {BASE_LR:g}")
     p.add_argument("--weight-decay", type=cli.non_negative, default=1e-4)
     p.add_argument("--warmup-epochs", type=cli.non_negative, default=1.0)
     p.add_argument("--ema-decay", type=cli.fraction, default=0.995,
@@ -96,7 +116,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="NHWC memory layout; auto = on for CPU (1.4x faster here), off for CUDA "
                         "(GroupNorm made it 10-20%% slower on an H200)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    cli.add_compile_args(p)
     p.add_argument("--max-train-slices", type=cli.count, default=None,
                    help="train on a fixed random subset of the training slices (quick runs)")
     p.add_argument("--monitor-slices", type=cli.count, default=192,
@@ -116,7 +136,18 @@ def parse_args(argv=None):
     if args.adv_weight is None:
         args.adv_weight = ADV_DEFAULT[args.model]
     check_width(p, args.model, args.base_channels)
+    resolve_device_defaults(args, kind or device_type(args.device))
     return args
+
+
+def resolve_device_defaults(args, kind: str) -> None:
+    """Replace the auto batch size, learning rate, slices per epoch and compile by their values
+    on `kind`."""
+    args.batch_size, args.lr = device_batch(args.batch_size, args.lr, kind, BATCH["cpu"],
+                                            BATCH["cuda"], BASE_LR)
+    if args.slices_per_epoch == "auto":     # the same optimiser steps per epoch on every device
+        args.slices_per_epoch = PER_EPOCH * args.batch_size // BATCH["cpu"]
+    args.compile = compile_enabled(args.compile, kind)
 
 
 def check_width(p, model: str, base: int | None) -> None:
@@ -160,8 +191,8 @@ def apply_cv_choice(args, root) -> dict:
     return final
 
 
-def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Generator,
+            dgen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Paired, on-device augmentation of a batch: input (B, C, H, W), target (B, 1, H, W).
 
     A left-right mirror (rows, axis -2) with probability 1/2 on axial and coronal slices only
@@ -169,11 +200,16 @@ def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Ge
     mirroring it would turn the face backwards. The same shift (up to 4 px) for input and
     target, so the pair stays aligned; a +-10 % gain on the input only imitates the error of
     estimating the per-volume scale.
+
+    The flips and gains come from `dgen` (a generator on x's device, so nothing is copied from
+    the host; default `gen`, which the CPU runs use), the shift from the host generator `gen`
+    (roll takes Python ints, and reading them from the device would wait for it).
     """
-    b = x.shape[0]
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device) & lr_flippable(view)
+    b, g = x.shape[0], dgen if dgen is not None else gen
+    flip = (torch.rand(b, generator=g, device=g.device) < 0.5).to(x.device) & lr_flippable(view)
     flip = flip[:, None, None, None]
-    gain = (0.9 + 0.2 * torch.rand(b, generator=gen)).to(x.device)[:, None, None, None]
+    gain = (0.9 + 0.2 * torch.rand(b, generator=g, device=g.device)).to(x.device)
+    gain = gain[:, None, None, None]
     dy, dx = torch.randint(-4, 5, (2,), generator=gen).tolist()
     pair = torch.cat([x, t2], dim=1)
     pair = torch.where(flip, pair.flip(-2), pair).roll((dy, dx), dims=(-2, -1))
@@ -244,11 +280,13 @@ def setup(args) -> SimpleNamespace:
     if r.channels_last:
         r.model = r.model.to(memory_format=torch.channels_last)
     r.ema = ModelEMA(r.model, args.ema_decay)
-    r.opt = torch.optim.AdamW(r.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    r.opt = adamw(r.model.parameters(), r.device, lr=args.lr, weight_decay=args.weight_decay)
     r.scaler = grad_scaler(r.device)
     r.disc = PatchDiscriminator().to(r.device) if args.adv_weight > 0 else None
-    r.opt_d = (torch.optim.AdamW(r.disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
-               if r.disc else None)
+    r.opt_d = adamw(r.disc.parameters(), r.device, lr=args.lr, betas=(0.5, 0.999)) if r.disc else None
+    # augmentation flips and gains on CUDA come from a CUDA generator; the CPU keeps drawing
+    # them from r.gen, so CPU runs draw the same numbers as ever
+    r.dgen = device_generator(r.device, args.seed) if r.device.type == "cuda" else None
     r.start_epoch, r.history = 0, []
     if args.resume and not (r.out / "checkpoint.pt").exists():
         print(f"notice: nothing to resume in {r.out}; starting from scratch")
@@ -259,7 +297,7 @@ def setup(args) -> SimpleNamespace:
         if r.disc:
             r.disc.load_state_dict(ck["disc"])
             r.opt_d.load_state_dict(ck["disc_optimizer"])
-        set_rng_state(r.gen, ck["rng"])
+        set_rng_state(r.gen, ck["rng"], r.dgen)
         r.start_epoch, r.history = ck["epoch"], ck["history"]
     elif (r.out / "checkpoint.pt").exists() and not args.dry_run:
         print(f"notice: {r.out} holds an earlier run; it is replaced (use --resume to continue)")
@@ -274,12 +312,44 @@ def save(r, args, epoch: int) -> None:
     save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
                     optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
                     model_args=r.model_args, epoch=epoch, best_metric=None, config=r.config,
-                    rng=rng_state(r.gen), history=r.history, **extra)
+                    rng=rng_state(r.gen, r.dgen), history=r.history, **extra)
 
 
 def diverged(loss: torch.Tensor, epoch: int, out) -> cli.DataError:
     return cli.DataError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; {out} "
                          "keeps the last good checkpoint")
+
+
+def batch(r, args, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training slices `idx` (B,) on the device -> augmented input (B, C, 64, 64) and target
+    (B, 1, 64, 64) float32, gathered from the device tensors without leaving the device."""
+    x, t2 = model_input(r.data["t1"], r.neighbours, idx), r.data["t2"][idx].float()
+    if not args.no_augment:
+        x, t2 = augment(x, t2, r.data["view"][idx], r.gen, r.dgen)
+    return x, t2
+
+
+def train_step(r, args, x: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on input x (B, C, H, W) and target t2 (B, 1, H, W) -> the detached
+    loss, left on the device (no host synchronisation)."""
+    if r.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with r.amp():
+        pred = r.step_model(x).float()
+    mid = r.model_args["neighbours"]                      # the input channel of the slice itself
+    t1 = x[:, mid:mid + 1]
+    if r.disc:
+        discriminator_step(r.disc, r.opt_d, t1, t2, pred)
+    with r.amp():
+        loss = generator_loss(t2, pred, args, r.disc, t1)
+    r.opt.zero_grad(set_to_none=True)
+    r.scaler.scale(loss).backward()
+    r.scaler.unscale_(r.opt)
+    torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+    r.scaler.step(r.opt)
+    r.scaler.update()
+    r.ema.update(r.model)
+    return loss.detach()
 
 
 def train(args) -> dict:
@@ -288,9 +358,9 @@ def train(args) -> dict:
     per_epoch = min(args.slices_per_epoch, n)
     steps_per_epoch = max(1, per_epoch // args.batch_size)
     total_steps, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
-    mid = r.model_args["neighbours"]                      # the input channel of the slice itself
     print(f"q1 {args.model} ({args.split} {r.fold}, seed {args.seed}): "
-          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, "
+          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, batch "
+          f"{args.batch_size}, lr {args.lr:.3g}{', compiled' if args.compile else ''}, "
           f"data: {r.source.label}\n  patients/slices: {r.split_counts}, "
           f"{steps_per_epoch * args.batch_size} of {n} training slices per epoch")
     with locked(r.out) if not args.dry_run else contextlib.nullcontext():  # a dry run writes nothing
@@ -307,26 +377,8 @@ def train(args) -> dict:
                     group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step,
                                                           total_steps, warmup)
                 idx = perm[step * args.batch_size:(step + 1) * args.batch_size].to(r.device)
-                x, t2 = model_input(r.data["t1"], r.neighbours, idx), r.data["t2"][idx].float()
-                if not args.no_augment:
-                    x, t2 = augment(x, t2, r.data["view"][idx], r.gen)
-                if r.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with r.amp():
-                    pred = r.step_model(x).float()
-                t1 = x[:, mid:mid + 1]
-                if r.disc:
-                    discriminator_step(r.disc, r.opt_d, t1, t2, pred)
-                with r.amp():
-                    loss = generator_loss(t2, pred, args, r.disc, t1)
-                r.opt.zero_grad(set_to_none=True)
-                r.scaler.scale(loss).backward()
-                r.scaler.unscale_(r.opt)
-                torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
-                r.scaler.step(r.opt)
-                r.scaler.update()
-                r.ema.update(r.model)
-                loss_sum += loss.detach()
+                loss = train_step(r, args, *batch(r, args, idx))
+                loss_sum += loss                # summed on the device, read once per epoch
                 if step % 20 == 0:  # .item() waits for the GPU, so only now and then
                     if not torch.isfinite(loss):
                         raise diverged(loss, epoch, r.out)

@@ -1,43 +1,65 @@
-"""Q2 training throughput (beats/s) of each model on device-resident beats.
+"""Q2 training throughput of each model on device-resident beats: beats/s, peak memory, FLOPs.
 
     python -m q2_ecg.bench --data ../shared/data/ecg
+    python -m q2_ecg.bench --data demo --batch-beats 512 --compile off     # the CPU settings
 
 Runs the training script's own step (window gathering on the device, augmentation, forward,
-backward, AdamW) for a fixed number of batches per model.
+backward, AdamW, EMA) for a fixed number of batches per model, each model in its own process,
+with the training script's defaults for this device unless --batch-beats or --compile say
+otherwise. Per model: beats/s, peak memory, FLOPs per training beat (one forward + backward,
+torch's FLOP counter), the FLOP/s achieved and their fraction of the device's peak.
 """
 from __future__ import annotations
 
-from common import cli
-from common.bench import items_per_second, peak_memory_mb
+import json
+import tempfile
+
+from common import bench, cli
 from q2_ecg import train as q2_train
 
 
-def throughput(name: str, args) -> str:
-    """One line: training beats/s of model `name` over args.steps batches."""
-    targs = q2_train.parse_args(["--data", args.data, "--device", args.device, "--model", name,
-                                 "--batch-beats", str(args.batch_beats), "--split", "beat",
-                                 "--results-root", "/tmp/q2-bench"])
-    r = q2_train.setup(targs)
-    length = r.model.cfg.context
-    chunks = max(1, targs.batch_beats // length)
-    r.model.train()
-    rate = items_per_second(lambda: (q2_train.train_step(r, chunks, length), chunks * length)[1],
-                            r.device, args.steps)
-    mem = peak_memory_mb(r.device)
-    gpu = f", peak GPU {mem['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in mem else ""
-    return f"  {name:<12} {rate:9.0f} beats/s  ({r.precision}, batch {chunks * length} beats{gpu})"
+def measure(name: str, args) -> dict:
+    """`common.bench.measure` of model `name`'s training step, set up by the training script."""
+    argv = ["--data", args.data, "--device", args.device, "--model", name, "--split", "beat",
+            "--compile", args.compile]
+    if args.batch_beats is not None:
+        argv += ["--batch-beats", str(args.batch_beats)]
+    with tempfile.TemporaryDirectory(prefix="q2-bench-") as root:    # the split file goes here
+        r = q2_train.setup(q2_train.parse_args(argv + ["--results-root", root]))
+        length = r.model.cfg.context
+        chunks = max(1, r.config["batch_beats"] // length)
+        r.model.train()
+        return {"model": name, **bench.measure(
+            r, lambda: (q2_train.train_step(r, chunks, length), chunks * length)[1], args.steps)}
 
 
 def main() -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
-    p.add_argument("--models", nargs="+", default=["resnet", "context", "autoencoder"])
-    p.add_argument("--steps", type=int, default=20, help="timed batches per model")
-    p.add_argument("--batch-beats", type=int, default=512, help="beats per training batch")
+    p.add_argument("--models", nargs="+", choices=sorted(q2_train.MODELS),
+                   default=["resnet", "context", "autoencoder"])
+    p.add_argument("--steps", type=cli.count, default=20, help="timed batches per model")
+    p.add_argument("--batch-beats", type=cli.count, default=None,
+                   help="beats per training batch (default: the training script's for the device)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the model; auto: as the training script (on for CUDA)")
+    p.add_argument("--json", action="store_true",
+                   help="measure the one model of --models here and print its JSON line")
     args = p.parse_args()
+    if args.json:
+        print(json.dumps(measure(args.models[0], args)))
+        return
     print(f"\nQ2 training throughput, data {args.data}")
+    peak = None
     for name in args.models:
-        print(throughput(name, args))
+        argv = ["--data", args.data, "--device", args.device, "--models", name,
+                "--steps", str(args.steps), "--compile", args.compile, "--json"]
+        if args.batch_beats is not None:
+            argv += ["--batch-beats", str(args.batch_beats)]
+        m = bench.isolated("q2_ecg.bench", argv)
+        print(bench.row(name, "beat", m), flush=True)
+        peak = m["peak"]
+    print(f"  peak: {peak}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ draw. Early stopping on the inner-validation F1 averaged over SVEB and VEB; the 
 weights are kept. The split comes from the split file (q2_ecg.splits), written once per scheme
 and seed. Writes results/q2/<source>/<run>/: split.json, checkpoint.pt, best.pt, history.csv,
 summary.json and predictions.npz (inner-validation and test beats; q2_ecg.eval reads it).
+
+On CUDA the defaults use the device: batches of 4,096 beats (the learning rate scaled by
+sqrt(4096 / 512)), the model torch.compiled, fused AdamW, bf16 autocast and a step without
+host synchronisation; the CPU defaults are unchanged. The resolved batch, learning rate and
+compile go into config.json.
 """
 from __future__ import annotations
 
@@ -27,8 +32,12 @@ from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
 from common.runs import check_resume, locked, run_name
 from common.runtime import (
+    adamw,
+    compile_enabled,
     configure_threads,
+    device_batch,
     device_generator,
+    device_type,
     grad_scaler,
     precision,
     rng_state,
@@ -51,9 +60,14 @@ IMBALANCE = ("weight", "sample", "logit-adjust")
 OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv")
 MONITORED = ("abnormal_macro_f1", "macro_f1", "NOR_f1", "SVEB_f1", "VEB_f1", "normal_f1",
              "abnormal_f1", "abnormal_se", "abnormal_ppv")
+BATCH = {"cpu": 512, "cuda": 4096}     # --batch-beats auto, per device
+PER_EPOCH = 30_000                       # --beats-per-epoch auto at the CPU batch
+BASE_LR = 2e-3                         # --lr auto at the CPU batch
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, kind: str | None = None):
+    """The run's flags, with the per-device defaults resolved for `kind` ("cpu" | "cuda";
+    default: the device --device selects)."""
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="resnet")
@@ -67,10 +81,17 @@ def parse_args(argv=None):
                    help="--split all: take model, epochs and decision biases from the "
                         "cross-validation's metrics.json")
     p.add_argument("--epochs", type=cli.count, default=8, help="at most; early stopping may end sooner")
-    p.add_argument("--beats-per-epoch", type=cli.count, default=30_000, help="training beats per epoch")
-    p.add_argument("--batch-beats", type=cli.count, default=512,
-                   help="beats per batch (the context model gets batch-beats / L chunks)")
-    p.add_argument("--lr", type=cli.positive, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--beats-per-epoch", type=cli.auto_or(cli.count), default="auto",
+                   help=f"training beats per epoch; auto: {PER_EPOCH:,} at the CPU batch, scaled "
+                        "with --batch-beats so an epoch keeps its number of optimiser steps")
+    p.add_argument("--batch-beats", type=cli.auto_or(cli.count), default="auto",
+                   help="beats per batch (the context model gets batch-beats / L chunks); "
+                        f"auto: {BATCH['cpu']} on the CPU, {BATCH['cuda']} on CUDA")
+    p.add_argument("--lr", type=cli.auto_or(cli.positive), default="auto",
+                   help=f"peak AdamW learning rate; auto: {BASE_LR:g}, scaled by "
+                        f"sqrt(batch / {BATCH['cpu']}) when --batch-beats is auto (CUDA: "
+                        f"{BASE_LR * (BATCH['cuda'] / BATCH['cpu']) ** 0.5:.2g}); an explicit "
+                        f"--batch-beats keeps {BASE_LR:g}")
     p.add_argument("--weight-decay", type=cli.non_negative, default=1e-3)
     p.add_argument("--imbalance", choices=IMBALANCE, default="weight",
                    help="weight: class-weighted loss; sample: class-balanced sampling; "
@@ -84,7 +105,7 @@ def parse_args(argv=None):
                    help="score at most this many validation beats per epoch (quick runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoint.pt (starts afresh if there is none)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    cli.add_compile_args(p)
     p.add_argument("--dry-run", action="store_true", help="one batch, no files")
     args = p.parse_args(argv)
     if args.split == "kfold" and (args.fold is None or not args.fold.isdigit()
@@ -98,11 +119,22 @@ def parse_args(argv=None):
         p.error("--from-cv goes with --split all")
     if args.split == "kfold" and args.folds < 2:
         p.error("--folds must be at least 2")
+    resolve_device_defaults(args, kind or device_type(args.device))
     length = MODELS[args.model].context
     if args.batch_beats < length:
         p.error(f"--batch-beats {args.batch_beats}: the {args.model} model reads chunks of "
                 f"{length} beats, so a batch needs at least {length}")
     return args
+
+
+def resolve_device_defaults(args, kind: str) -> None:
+    """Replace the auto batch, learning rate, beats per epoch and compile by their values on
+    `kind`."""
+    args.batch_beats, args.lr = device_batch(args.batch_beats, args.lr, kind, BATCH["cpu"],
+                                             BATCH["cuda"], BASE_LR)
+    if args.beats_per_epoch == "auto":     # the same optimiser steps per epoch on every device
+        args.beats_per_epoch = PER_EPOCH * args.batch_beats // BATCH["cpu"]
+    args.compile = compile_enabled(args.compile, kind)
 
 
 def fold_name(args) -> str:
@@ -177,7 +209,7 @@ def setup(args) -> SimpleNamespace:
     r.loss_weight, r.start_p, r.logit_prior = imbalance_terms(args, r, length)
     r.dgen = device_generator(r.device, args.seed)
     r.ema = ModelEMA(r.model, args.ema_decay)
-    r.opt = torch.optim.AdamW(r.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    r.opt = adamw(r.model.parameters(), r.device, lr=args.lr, weight_decay=args.weight_decay)
     r.scaler = grad_scaler(r.device)
     r.start_epoch, r.history, r.best = 0, [], -float("inf")
     if args.resume and not (r.out / "checkpoint.pt").exists():
@@ -229,14 +261,9 @@ def train_step(r, chunks: int, length: int) -> torch.Tensor:
     beat = waves[..., 0, :] * gain + noise * torch.randn(waves[..., 0, :].shape, generator=g,
                                                          device=r.device)
     waves = torch.cat([beat[..., None, :], waves[..., 1:, :]], dim=-2)
-    mask = r.trainable[idx]
     with r.amp():
         out = r.step_model(waves, rr).float()
-    if r.autoencoder:
-        loss = out[mask].mean()
-    else:
-        logits = out[mask] + (r.logit_prior if r.logit_prior is not None else 0)
-        loss = F.cross_entropy(logits, r.dev["label"][idx][mask], weight=r.loss_weight)
+    loss = beat_loss(r, out, r.dev["label"][idx], r.trainable[idx])
     r.opt.zero_grad(set_to_none=True)
     r.scaler.scale(loss).backward()
     r.scaler.unscale_(r.opt)
@@ -245,6 +272,25 @@ def train_step(r, chunks: int, length: int) -> torch.Tensor:
     r.scaler.update()
     r.ema.update(r.model)
     return loss.detach()
+
+
+def beat_loss(r, out: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The loss over the beats of a batch that carry one (`mask`, shape (B, L) like `label`).
+
+    out: (B, L, 3) logits, or (B, L) reconstruction errors of the autoencoder. Boolean
+    indexing would make CUDA wait for the host to learn how many beats the mask keeps, so on
+    CUDA the same mean is taken over every beat with the masked ones weighted 0 (ignore_index);
+    the CPU keeps the indexing, which gives the CPU runs' loss bit for bit.
+    """
+    prior = r.logit_prior if r.logit_prior is not None else 0
+    if r.device.type == "cpu":
+        if r.autoencoder:
+            return out[mask].mean()
+        return F.cross_entropy(out[mask] + prior, label[mask], weight=r.loss_weight)
+    if r.autoencoder:
+        return torch.where(mask, out, 0).sum() / mask.sum()
+    return F.cross_entropy((out + prior).flatten(0, 1), torch.where(mask, label, -100).flatten(),
+                           weight=r.loss_weight, ignore_index=-100)
 
 
 def validate(r) -> dict:
@@ -272,7 +318,8 @@ def train(args) -> dict:
     steps_per_epoch = max(1, args.beats_per_epoch // (chunks * length))
     total_steps = args.epochs * steps_per_epoch
     print(f"q2 {args.model} ({args.split} {r.fold}, seed {args.seed}): "
-          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, "
+          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, batch "
+          f"{chunks * length} beats, lr {args.lr:.3g}{', compiled' if args.compile else ''}, "
           f"data: {r.source.label}\n  records/beats: {r.split_counts}")
     if args.dry_run:
         print(f"dry run: one batch, loss {train_step(r, chunks, length).item():.4f}")

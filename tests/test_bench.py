@@ -1,0 +1,157 @@
+"""`make bench` helpers and the per-device defaults (issue "Fast where it runs").
+
+The FLOP counter on a module whose cost is known by hand, the peak tables, and the defaults
+the training scripts resolve per device: the CPU ones must stay exactly what CPU runs have
+always saved in their configs (so --resume identity and comparisons hold), the CUDA ones use
+the device. No GPU needed: the resolution takes the device kind as an argument.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from common import bench
+from common.runtime import adamw, compile_enabled, device_batch
+from q1_mri import train as q1_train
+from q2_ecg import train as q2_train
+
+# the parsed flags of a default run before per-device defaults existed (git 030ceb3): the CPU
+# must resolve to exactly these, types included (a saved config compares by value)
+Q1_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto", "model": "unet",
+              "split": "kfold", "folds": 4, "fold": 0, "name": None, "from_cv": False,
+              "epochs": 16, "slices_per_epoch": 1280, "batch_size": 32, "lr": 0.001,
+              "weight_decay": 0.0001, "warmup_epochs": 1.0, "ema_decay": 0.995,
+              "ssim_weight": 1.0, "adv_weight": 0.0, "base_channels": None, "no_augment": False,
+              "precision": "auto", "channels_last": "auto", "compile": False,
+              "max_train_slices": None, "monitor_slices": 192, "resume": False, "dry_run": False}
+Q2_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto",
+              "model": "resnet", "split": "kfold", "folds": 5, "fold": "0", "name": None,
+              "from_cv": False, "epochs": 8, "beats_per_epoch": 30000, "batch_beats": 512,
+              "lr": 0.002, "weight_decay": 0.001, "imbalance": "weight",
+              "class_weight_power": 0.5, "patience": 3, "ema_decay": 0.995, "channels": None,
+              "max_monitor_beats": None, "resume": False, "compile": False, "dry_run": False}
+ARGV = ["--data", "demo", "--fold", "0"]
+
+
+# ---------------------------------------------------------------- FLOPs and peaks
+
+def test_flop_counter_linear_forward_and_backward():
+    """nn.Linear(8, 4) on 2 rows: 2*2*8*4 = 128 FLOPs forward; backward 128 for the weight
+    gradient, and another 128 for the input's where it needs one."""
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    assert bench.count_flops(lambda: layer(x))[0] == 128
+    assert bench.count_flops(lambda: layer(x).sum().backward())[0] == 128 + 128
+    x.requires_grad_(True)
+    flops, out = bench.count_flops(lambda: (layer(x).sum().backward(), 2)[1])
+    assert (flops, out) == (128 + 2 * 128, 2)
+
+
+def test_measure_reports_flops_per_item_and_rate():
+    layer = nn.Linear(8, 4)
+    x = torch.randn(2, 8, requires_grad=True)
+    r = SimpleNamespace(device=torch.device("cpu"), model=layer, step_model=layer,
+                        precision="fp32")
+    m = bench.measure(r, lambda: (r.step_model(x).sum().backward(), 2)[1], steps=3)
+    assert m["flops_per_item"] == 384 / 2 and m["batch"] == 2 and m["compile"] is False
+    assert m["items_per_s"] > 0 and m["flop_s"] == pytest.approx(192 * m["items_per_s"])
+    assert m["peak_rss_mb"] > 0
+    assert "TFLOP/s" in bench.row("linear", "row", m)
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H200", 989), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
+    ("NVIDIA H100 NVL", 835), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100 80GB PCIe", 312),
+    ("NVIDIA L4", 121), ("NVIDIA L40S", 362), ("NVIDIA A10", 125), ("NVIDIA GH200 480GB", 989)])
+def test_gpu_peak_table(name, tflops):
+    assert bench.gpu_peak_tflops(name) == tflops
+
+
+@pytest.mark.parametrize("name", ["NVIDIA A10G", "Tesla T4", "AMD Instinct MI300X", ""])
+def test_gpu_peak_unknown_is_none(name):
+    assert bench.gpu_peak_tflops(name) is None
+
+
+def test_cpu_peak_estimate_needs_avx512():
+    info = "processor\t: 0\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+    peak, text = bench.cpu_peak(2, info)
+    assert peak == 2 * 2 * 16 * 2 * 2.0e9 and "AVX-512" in text
+    peak, text = bench.cpu_peak(2, info.replace(" avx512f avx512bw", ""))
+    assert peak is None and text.startswith("n/a")
+
+
+# ---------------------------------------------------------------- per-device defaults
+
+def test_device_batch_resolution():
+    assert device_batch("auto", "auto", "cpu", 32, 256, 1e-3) == (32, 1e-3)
+    assert device_batch("auto", "auto", "cuda", 32, 256, 1e-3) == (256, 1e-3 * math.sqrt(8))
+    assert device_batch(64, "auto", "cuda", 32, 256, 1e-3) == (64, 1e-3)   # explicit: unscaled
+    assert device_batch("auto", 5e-3, "cuda", 32, 256, 1e-3) == (256, 5e-3)
+    assert [compile_enabled(f, k) for f in ("auto", "on", "off") for k in ("cpu", "cuda")] == [
+        False, True, True, True, False, False]
+
+
+@pytest.mark.parametrize("module, old", [(q1_train, Q1_OLD_CPU), (q2_train, Q2_OLD_CPU)])
+def test_cpu_defaults_are_the_old_ones(module, old):
+    """Every parsed value on the CPU, keys and types included, is what CPU runs saved before."""
+    args = vars(module.parse_args(ARGV, kind="cpu"))
+    assert args == old
+    assert list(args) == list(old) and type(args["lr"]) is float and args["compile"] is False
+    # --device cpu resolves the CPU defaults on any machine
+    assert vars(module.parse_args([*ARGV, "--device", "cpu"])) == {**old, "device": "cpu"}
+
+
+def test_cuda_defaults_use_the_device():
+    q1 = q1_train.parse_args(ARGV, kind="cuda")
+    assert (q1.batch_size, q1.lr, q1.compile) == (256, 1e-3 * math.sqrt(256 / 32), True)
+    q2 = q2_train.parse_args(ARGV, kind="cuda")
+    assert (q2.batch_beats, q2.lr, q2.compile) == (4096, 2e-3 * math.sqrt(4096 / 512), True)
+    assert q1_train.parse_args([*ARGV, "--no-compile"], kind="cuda").compile is False
+    assert q2_train.parse_args([*ARGV, "--compile", "off"], kind="cuda").compile is False
+    assert q1_train.parse_args([*ARGV, "--compile"], kind="cpu").compile is True
+    explicit = q2_train.parse_args([*ARGV, "--batch-beats", "1024"], kind="cuda")
+    assert (explicit.batch_beats, explicit.lr) == (1024, 2e-3)
+
+
+def test_fused_adamw_only_on_cuda():
+    params = [nn.Parameter(torch.zeros(3))]
+    assert adamw(params, torch.device("cpu"), lr=1e-3).defaults["fused"] is None
+    assert adamw(params, torch.device("cuda"), lr=1e-3).defaults["fused"] is True
+
+
+# ---------------------------------------------------------------- the sync-free step
+
+@pytest.mark.parametrize("autoencoder, prior", [(False, False), (False, True), (True, False)])
+def test_q2_loss_without_boolean_indexing_is_the_same(autoencoder, prior):
+    """The CUDA form of the Q2 loss (masked beats weighted 0, no host sync) equals the CPU
+    form (boolean indexing) up to float rounding."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(8, 32, *(() if autoencoder else (3,)), generator=g)
+    label = torch.randint(0, 3, (8, 32), generator=g)
+    mask = torch.rand(8, 32, generator=g) < 0.7
+    r = SimpleNamespace(autoencoder=autoencoder, loss_weight=torch.tensor([0.5, 2.0, 3.0]),
+                        logit_prior=torch.log(torch.tensor([0.8, 0.1, 0.1])) if prior else None)
+    cpu = q2_train.beat_loss(SimpleNamespace(**vars(r), device=torch.device("cpu")), out, label,
+                             mask)
+    cuda = q2_train.beat_loss(SimpleNamespace(**vars(r), device=SimpleNamespace(type="cuda")),
+                              out, label, mask)
+    assert torch.allclose(cpu, cuda, rtol=1e-6)
+
+
+def test_q1_augment_draws_flips_and_gains_from_the_device_generator():
+    """With a device generator, only the shift (two ints) comes from the host generator; without
+    one, everything does, as in the CPU runs."""
+    x, view = torch.rand(16, 1, 64, 64), torch.zeros(16, dtype=torch.int64)
+    gen, dgen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    q1_train.augment(x, x.clone(), view, gen, dgen)
+    shift_only = torch.Generator().manual_seed(0)
+    torch.randint(-4, 5, (2,), generator=shift_only)
+    assert torch.equal(gen.get_state(), shift_only.get_state())
+    a = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0))
+    b = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0), None)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
