@@ -59,6 +59,12 @@ def overfitting_table(metrics: dict) -> Markdown:
                   "held-out SSIM, best epoch"], rows)
 
 
+def complete(metrics: dict) -> dict:
+    """The methods whose every fold ran: the headline tables. An ablation run on some folds
+    only (e.g. unet-wide) appears in the paired comparison, over the patients it predicted."""
+    return {n: m for n, m in metrics["methods"].items() if not m.get("problems")}
+
+
 def _stat(s: dict, digits: int) -> str:
     """'0.812 (0.790–0.830)' with a patient-bootstrap interval, else '0.812 ± 0.020' (sd over
     patients)."""
@@ -75,7 +81,7 @@ def metrics_table(metrics: dict, masked: bool = True, scale: str | None = None) 
     scale = scale or metrics["headline_scale"]
     keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr", "mae")]
     rows = []
-    for name, m in metrics["methods"].items():
+    for name, m in complete(metrics).items():
         sc = m["scores"][scale]
         for view, agg in [("all", sc["overall"]), *sc["per_view"].items()]:
             rows.append([name, view] + [_stat(agg[k], 2 if "psnr" in k else 3) for k in keys])
@@ -88,7 +94,7 @@ def pooled_table(metrics: dict) -> Markdown:
     same in the T1-derived scale: what the weighting and the oracle gain are worth."""
     head = metrics["headline_scale"]
     rows = []
-    for name, m in metrics["methods"].items():
+    for name, m in complete(metrics).items():
         o, t = m["scores"][head]["overall"], m["scores"][T1_SCALE]["overall"]
         rows.append([name, f"{o['masked_ssim']['mean']:.3f}", f"{o['masked_ssim']['slice_mean']:.3f}",
                      f"{t['masked_ssim']['mean']:.3f}", f"{o['masked_psnr']['mean']:.2f}",
@@ -100,7 +106,7 @@ def pooled_table(metrics: dict) -> Markdown:
 def patient_table(metrics: dict, key: str = "masked_ssim", scale: str | None = None) -> Markdown:
     """One row per patient: its fold, slices and `key` under every method."""
     scale = scale or metrics["headline_scale"]
-    methods = metrics["methods"]
+    methods = complete(metrics)
     tables = [m["scores"][scale]["per_patient"] for m in methods.values()]
     patients = sorted(set().union(*tables))
     info = {p: next(t[p] for t in tables if p in t) for p in patients}
