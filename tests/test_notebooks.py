@@ -35,14 +35,20 @@ def discussion(nb) -> str:
     return cells[i + 1].source
 
 
-def numbers_in(obj) -> list[float]:
-    if isinstance(obj, dict):
-        return [x for v in obj.values() for x in numbers_in(v)]
-    if isinstance(obj, list):
-        return [x for v in obj for x in numbers_in(v)]
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        return [float(obj)]
-    return []
+DISPLAYED = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def displayed_values(nb) -> list[float]:
+    """Every number the executed notebook shows: its tables, printed lines and code listings
+    (not its prose, and not numbers drawn inside figures)."""
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                texts.append(out.text)
+            data = out.get("data", {})
+            texts.append(data.get("text/markdown") or data.get("text/plain") or "")
+    return [float(t.replace(",", "")) for text in texts for t in DISPLAYED.findall(text)]
 
 
 def quoted_numbers(text: str) -> list[tuple[str, bool]]:
@@ -85,18 +91,66 @@ def test_every_code_cell_ran_cleanly_and_is_introduced(q):
 
 
 @pytest.mark.parametrize("q", NOTEBOOKS)
-def test_discussion_is_short_and_quotes_only_measured_numbers(q):
+def test_discussion_is_short_and_quotes_only_displayed_numbers(q):
     nb = load(q)
     text = discussion(nb)
     assert "PLACEHOLDER" not in text
     assert len(re.findall(r"\b[\w'’-]+\b", text)) <= 250
-    outputs = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
+    values = displayed_values(nb)
+    missing = [t for t, pct in quoted_numbers(text) if not appears(t, pct, values)]
+    assert not missing, f"numbers quoted in the discussion but shown nowhere above: {missing}"
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_results_prose_quotes_only_displayed_numbers(q):
+    """Decimal numbers in any markdown cell (results, percentages of a metric) must be shown by
+    some output; whole numbers in the prose are facts of the data or design (64x64, 5 folds)."""
+    nb = load(q)
+    values = displayed_values(nb)
+    prose = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    missing = [(t, k) for k, text in enumerate(prose) for t, pct in quoted_numbers(text)
+               if "." in t and not appears(t, pct, values)]
+    assert not missing, f"decimals in the prose that no output shows: {missing}"
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_the_notebook_shows_one_committed_results_folder(q):
+    outputs = json.dumps([o for c in load(q).cells for o in c.get("outputs", [])])
     shown = [p for p in sorted((PROJECT_ROOT / "results" / q).glob("*/metrics.json"))
              if json.loads(p.read_text())["data_label"] in outputs]
     assert len(shown) == 1, "the notebook must show exactly one committed results folder"
-    values = numbers_in(json.loads(shown[0].read_text()))
-    missing = [t for t, pct in quoted_numbers(text) if not appears(t, pct, values)]
-    assert not missing, f"numbers not in {shown[0]}: {missing}"
+
+
+TEMPLATE_CODE = {   # what the template's own cells do, in order, before the first part
+    "q1": ["from datasets import load_dataset", "hf_hub_download", "template_datasets",
+           "with_transform"],
+    "q2": ["from datasets import load_dataset", "hf_hub_download", "template_dataset",
+           "show_code(plot_signal, split_by_beat)"],
+}
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_template_cells_come_first_and_in_order(q):
+    cells = load(q).cells
+    first_part = next(k for k, c in enumerate(cells) if c.cell_type == "markdown"
+                      and re.search(r"^## [12]\.A\)", c.source, re.M))
+    code = [c.source for c in cells[:first_part] if c.cell_type == "code"]
+    assert "load_dataset" in code[0] and "import torch" in code[0], "the template's imports first"
+    found = [next(k for k, src in enumerate(code) if needle in src) for needle in TEMPLATE_CODE[q]]
+    assert found == sorted(found)
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_the_graded_code_is_shown_from_the_modules(q):
+    """Model, loss, training step and metric are displayed (show_code), in the solution part."""
+    cells = load(q).cells
+    part_b = next(k for k, c in enumerate(cells) if c.cell_type == "markdown"
+                  and re.search(r"^## [12]\.B\)", c.source, re.M))
+    shown = " ".join(o.get("data", {}).get("text/plain", "") for c in cells[part_b:]
+                     for o in c.get("outputs", []))
+    needles = {"q1": ["class UNet", "def generator_loss", "def train_step", "def ssim_map"],
+               "q2": ["class BeatClassifier", "def train_step", "cross_entropy", "def one_vs_rest"]}
+    assert all(n in shown for n in needles[q]), [n for n in needles[q] if n not in shown]
 
 
 def test_number_matching_rules():
