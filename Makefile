@@ -116,7 +116,8 @@ notebooks: setup
 
 ## Open the notebooks in JupyterLab (kernel: .venv) on 127.0.0.1:PORT; from a laptop: ssh -L PORT:localhost:PORT server
 lab: .venv/.lab-installed
-	.venv/bin/python -m jupyterlab --no-browser --ip 127.0.0.1 --port $(PORT) --notebook-dir "$(CURDIR)"
+	.venv/bin/python -m jupyterlab --no-browser --ip 127.0.0.1 --port $(PORT) --notebook-dir "$(CURDIR)" \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .venv/.lab-installed: requirements-lab.txt .venv/.installed
 	.venv/bin/pip install -q -r requirements-lab.txt
