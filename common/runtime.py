@@ -103,6 +103,19 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
 
 
+def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, ema, max_norm: float = 1.0) -> None:
+    """Backward `loss`, clip the unscaled gradient norm to `max_norm`, step the optimiser through
+    the loss scaler (a no-op scale outside fp16) and update the EMA of the weights."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(opt)
+    scaler.update()
+    ema.update(model)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch; return a dedicated torch generator for batch order and augmentation.
 

@@ -45,6 +45,7 @@ from common.runtime import (
     device_generator,
     device_type,
     grad_scaler,
+    optimiser_step,
     precision,
     rng_state,
     seed_everything,
@@ -342,13 +343,7 @@ def train_step(r, args, x: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
         discriminator_step(r.disc, r.opt_d, t1, t2, pred)
     with r.amp():
         loss = generator_loss(t2, pred, args, r.disc, t1)
-    r.opt.zero_grad(set_to_none=True)
-    r.scaler.scale(loss).backward()
-    r.scaler.unscale_(r.opt)
-    torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
-    r.scaler.step(r.opt)
-    r.scaler.update()
-    r.ema.update(r.model)
+    optimiser_step(loss, r.model, r.opt, r.scaler, r.ema)
     return loss.detach()
 
 

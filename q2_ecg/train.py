@@ -39,6 +39,7 @@ from common.runtime import (
     device_generator,
     device_type,
     grad_scaler,
+    optimiser_step,
     precision,
     rng_state,
     seed_everything,
@@ -264,13 +265,7 @@ def train_step(r, chunks: int, length: int) -> torch.Tensor:
     with r.amp():
         out = r.step_model(waves, rr).float()
     loss = beat_loss(r, out, r.dev["label"][idx], r.trainable[idx])
-    r.opt.zero_grad(set_to_none=True)
-    r.scaler.scale(loss).backward()
-    r.scaler.unscale_(r.opt)
-    torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
-    r.scaler.step(r.opt)
-    r.scaler.update()
-    r.ema.update(r.model)
+    optimiser_step(loss, r.model, r.opt, r.scaler, r.ema)
     return loss.detach()
 
 
