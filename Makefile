@@ -73,7 +73,7 @@ q1: setup
 q1-final: setup
 	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --split all --from-cv $(Q1_ARGS)
 
-## Q2: EDA (2.A), k-fold cross-validation of Q2_MODELS over SEEDS seeds, LODO, baselines, evaluation
+## Q2: EDA (2.A), k-fold cross-validation of Q2_MODELS over SEEDS seeds, LODO, baselines, their ensemble, evaluation
 q2: setup
 	$(PYTHON) -m q2_ecg.eda --data "$(Q2_DATA)"
 	@set -e; for seed in $(SEED_LIST); do \
@@ -93,9 +93,10 @@ q2: setup
 	for model in $(Q2_LEAKY); do \
 	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split beat $(RESUME_FLAG) $(Q2_ARGS); \
 	done
+	$(PYTHON) -m q2_ecg.ensemble --data "$(Q2_DATA)"
 	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
 
-## Q2: the deployable model, trained on every record with the settings the cross-validation chose
+## Q2: the deployable model (an ensemble: each member), trained on every record with the settings the cross-validation chose
 q2-final: setup
 	$(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --split all --from-cv $(Q2_ARGS)
 

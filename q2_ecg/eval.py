@@ -26,6 +26,8 @@ from common.results import evaluation_dirs, provenance
 from common.stats import bootstrap_additive
 from q2_ecg.beats import HALF_WINDOW, RR_NAMES, build_table
 from q2_ecg.data import load_records, resolve_source
+from q2_ecg.ensemble import MEMBERS
+from q2_ecg.ensemble import NAME as ENSEMBLE
 from q2_ecg.metrics import (
     HEADLINE,
     confusion,
@@ -36,10 +38,11 @@ from q2_ecg.metrics import (
 )
 from q2_ecg.prediction_file import Predictions, load_predictions
 
-SOLUTIONS = ("resnet", "context")  # the candidates for the final model; the rest are ablations
+SOLUTIONS = ("resnet", "context", "ensemble")  # candidates for the final model; the rest are ablations
 DESCRIPTIONS = {
     "resnet": "1-D ResNet on a 2 s R-centred window and its record's median beat, + RR features",
     "context": "the same beat encoder, then a transformer over 32 neighbouring beats",
+    "ensemble": "geometric mean of the ResNet's and the context model's probabilities",
     "segment": "ablation: the ResNet on the zero-padded split_by_beat segment instead of the "
                "R-centred window",
     "autoencoder": "unsupervised: reconstruction error of an autoencoder fitted to normal beats",
@@ -288,7 +291,8 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
 
 def final_choice(kfold: dict) -> dict | None:
     """The configuration q2-final trains: the solution with the best inner-validation score,
-    its median best epoch and median decision biases over folds and seeds."""
+    its median best epoch (an ensemble: each member's) and median decision biases over folds and
+    seeds."""
     cands = {}
     for method, entry in kfold.items():
         if method not in SOLUTIONS:
@@ -301,10 +305,14 @@ def final_choice(kfold: dict) -> dict | None:
     tuned = [t for s in entry["seeds"].values() for t in s["tuned"].values()]
     adapted = all("adapted_val_score" in t for t in tuned) and np.mean(
         [t["adapted_val_score"] for t in tuned]) > val_score
-    epochs = [e for s in entry["seeds"].values() for e in s["best_epoch"].values() if e]
+
+    def median_epoch(model: str) -> int | None:
+        epochs = [e for s in kfold[model]["seeds"].values() for e in s["best_epoch"].values() if e]
+        return int(np.median(epochs)) if epochs else None
     key = "adapted_bias" if adapted else "logit_bias"
+    members = {m: median_epoch(m) for m in MEMBERS} if method == ENSEMBLE else None
     return {"model": method, "inner_val_score": val_score, "adapt": bool(adapted),
-            "epochs": int(np.median(epochs)) if epochs else None,
+            "epochs": None if members else median_epoch(method), "members": members,
             "logit_bias": np.median([t[key] for t in tuned], axis=0).tolist(),
             "inner_val_scores": {m: v for m, (v, _) in cands.items()}}
 

@@ -80,3 +80,12 @@ def load_predictions(path: Path, split_id: str | None = None,
     return Predictions(a["patient_id"], a["source_db"], a["beat_loc"], a["label"], a["role"],
                        a.get("prob"), a.get("score"), a.get("prob_adapted"), str(a["model"]),
                        str(a["split_id"]), str(a["data_tag"]))
+
+
+def save_rows(path: Path, p: Predictions) -> Path:
+    """Write `p` as a predictions.npz (for stages that combine other runs' prediction files)."""
+    arrays = {f: getattr(p, f) for f in ("patient_id", "source_db", "beat_loc", "label", "role",
+                                         "prob", "score", "prob_adapted")}
+    return savez(path, **{k: v for k, v in arrays.items() if v is not None},
+                 model=np.array(p.model), split_id=np.array(p.split_id),
+                 data_tag=np.array(p.data_tag))

@@ -151,10 +151,26 @@ def run_folder_name(args) -> str:
 
 
 def apply_cv_choice(args, root) -> dict:
-    """--from-cv: the chosen configuration of the cross-validation (model, epochs, biases)."""
+    """--from-cv: the chosen configuration of the cross-validation (model, epochs, biases). For
+    an ensemble, `args.model` names the member to train and gets that member's epochs."""
     final = cv_choice(root, "q2")
-    args.model, args.epochs = final["model"], int(final["epochs"])
+    if final.get("members"):
+        if args.model not in final["members"]:
+            raise cli.DataError(f"--from-cv: the chosen ensemble's members are "
+                                f"{list(final['members'])}, not {args.model}")
+        args.epochs = int(final["members"][args.model])
+    else:
+        args.model, args.epochs = final["model"], int(final["epochs"])
     return final
+
+
+def main(args) -> list[dict]:
+    """Train the run `args` describes; with --from-cv and an ensemble chosen, each member."""
+    if not args.from_cv:
+        return [train(args)]
+    final = cv_choice(results_dir("q2", resolve_source(args.data), args.results_root), "q2")
+    models = list(final.get("members") or [final["model"]])
+    return [train(SimpleNamespace(**{**vars(args), "model": m})) for m in models]
 
 
 def class_weights(labels: np.ndarray, power: float) -> torch.Tensor:
@@ -388,4 +404,4 @@ def write_predictions(r) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_main(lambda: train(parse_args()))
+    cli.run_main(lambda: main(parse_args()))

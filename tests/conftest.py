@@ -63,14 +63,16 @@ def q1_results(tmp_path_factory):
 @pytest.fixture(scope="session")
 def q2_results(tmp_path_factory):
     """A results root with every kind of Q2 run trained on demo data with tiny settings: a
-    2-fold cross-validation of each model and the baselines, one LODO and one leaky run."""
-    from q2_ecg import baselines, train
+    2-fold cross-validation of each model, the baselines and the ResNet + context ensemble, one
+    LODO and one leaky run."""
+    from q2_ecg import baselines, ensemble, train
 
     root = tmp_path_factory.mktemp("q2-results")
     for run in Q2_RUNS:
         train.train(train.parse_args(Q2_TINY + run + ["--results-root", str(root)]))
     baselines.main(baselines.parse_args(["--data", "demo", *Q2_KFOLD,
                                          "--results-root", str(root)]))
+    ensemble.main(ensemble.parse_args(["--data", "demo", "--results-root", str(root)]))
     return root
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from common.io import read_csv, read_json
+from common.io import read_csv, read_json, write_json
 from common.runs import RunError
 from q2_ecg import eval as q2_eval
 from q2_ecg import train as q2_train
@@ -121,14 +121,66 @@ def test_resumed_run_matches_uninterrupted_run(q2_results, tmp_path, monkeypatch
         q2_train.train(q2_train.parse_args(args + ["--resume", "--epochs", "1"]))
 
 
+def test_ensemble_is_the_normalised_geometric_mean_of_its_members(q2_results):
+    from scipy.stats import gmean
+
+    folders = runs_of(q2_results, "ensemble")
+    assert [f.name for f in folders] == ["ensemble-kfold2-fold0-seed0", "ensemble-kfold2-fold1-seed0"]
+    for folder in folders:
+        ens = load_predictions(folder / "predictions.npz")
+        members = [load_predictions(folder.parent / folder.name.replace("ensemble", m) / "predictions.npz")
+                   for m in ("resnet", "context")]
+        for field in ("prob", "prob_adapted"):
+            g = gmean([getattr(m, field).astype(np.float64) for m in members], axis=0)
+            np.testing.assert_allclose(getattr(ens, field), g / g.sum(1, keepdims=True), atol=1e-6)
+        assert (ens.patient_id == members[0].patient_id).all() and ens.model == "ensemble"
+        assert read_json(folder / "split.json") == read_json(
+            folder.parent / folder.name.replace("ensemble", "resnet") / "split.json")
+
+
+def test_ensemble_refuses_members_that_hold_other_beats(q2_results, tmp_path):
+    from q2_ecg import ensemble
+
+    root = tmp_path / "results"
+    shutil.copytree(q2_results / DEMO, root / DEMO)
+    fold0, fold1 = (root / DEMO / f"context-kfold2-fold{k}-seed0" for k in (0, 1))
+    shutil.copy(fold1 / "predictions.npz", fold0 / "predictions.npz")
+    with pytest.raises(q2_eval.cli.DataError, match="made on split|do not hold the same beats"):
+        ensemble.main(ensemble.parse_args(["--data", "demo", "--results-root", str(root)]))
+
+
+def test_final_ensemble_trains_each_member_and_exports_their_mean(tmp_path):
+    from tests.test_q2_data import _record, _write_parquet
+
+    root = tmp_path / "results"
+    write_json(root / DEMO / "metrics.json", {"final_choice": {
+        "model": "ensemble", "epochs": None, "members": {"resnet": 1, "context": 2},
+        "logit_bias": [0.0, 0.0, 0.0], "adapt": True}})
+    runs = q2_train.main(q2_train.parse_args(Q2_TINY + ["--split", "all", "--from-cv",
+                                                        "--results-root", str(root)]))
+    assert [(r["model"], r["epochs_run"]) for r in runs] == [("resnet", 1), ("context", 2)]
+    source = _write_parquet(tmp_path / "other", [_record("x0", n=2000, locs=tuple(
+        range(100, 1900, 100)), labels=tuple([0, 0, 1, 0, 2, 0] * 3))])
+    out = q2_eval.main(q2_eval.parse_args([
+        "--data", str(source.path), "--trained-on", "demo", "--device", "cpu",
+        "--results-root", str(root), "--save-predictions", str(tmp_path / "x.npz")]))
+    assert out["final_choice"]["model"] == "ensemble" and out["external"]["pooled"]["beats"] == 18
+    assert str(np.load(tmp_path / "x.npz")["model"]) == "ensemble"
+    shutil.rmtree(root / DEMO / "context-all-seed0")
+    with pytest.raises(q2_eval.cli.DataError, match=r"the final ensemble lacks \['context-all-seed0'\]"):
+        q2_eval.main(q2_eval.parse_args(["--data", str(source.path), "--trained-on", "demo",
+                                         "--device", "cpu", "--results-root", str(root)]))
+
+
 def test_final_model_and_external_export(evaluated, tmp_path):
     from tests.test_q2_data import _record, _write_parquet
 
     root, result = evaluated
-    final = q2_train.train(q2_train.parse_args(Q2_TINY + ["--split", "all", "--from-cv",
-                                                          "--results-root", str(root)]))
-    assert final["model"] == result["final_choice"]["model"]
-    assert final["split_counts"]["train"]["records"] == 24
+    runs = q2_train.main(q2_train.parse_args(Q2_TINY + ["--split", "all", "--from-cv",
+                                                        "--results-root", str(root)]))
+    chosen = result["final_choice"]
+    assert [r["model"] for r in runs] == list(chosen["members"] or [chosen["model"]])
+    assert all(r["split_counts"]["train"]["records"] == 24 for r in runs)
     rows = [_record(f"x{i}", n=2000, locs=tuple(range(100, 1900, 100)),
                     labels=tuple([0, 0, 1, 0, 2, 0] * 3)) for i in range(3)]
     source = _write_parquet(tmp_path / "other", rows)
