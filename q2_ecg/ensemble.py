@@ -98,6 +98,7 @@ def main(args) -> int:
                 "members": {m: f.name for m, f in folders.items()},
                 "member_epochs": {m: s.get("best_epoch") for m, s in summaries.items()},
                 "best_epoch": None, "split_counts": first.get("split_counts"),
+                "parameters": sum(s.get("parameters", 0) for s in summaries.values()),
                 "precision": first.get("precision"), "device": first.get("device"),
                 "wall_time_s": float(sum(s.get("wall_time_s", 0) for s in summaries.values()))})
     print(f"ensemble of {' and '.join(MEMBERS)}: {len(groups)} folds written under {root}")

@@ -284,7 +284,8 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
                                              for r in runs if (r.folder / "history.csv").exists()}
         entry["seed_summary"] = seeds_summary(entry["seeds"])
         first = next(iter(per_seed.values()))[0].summary
-        entry.update({k: first.get(k) for k in ("parameters", "precision", "device", "imbalance")})
+        entry.update({k: first.get(k) for k in ("parameters", "precision", "device", "imbalance")},
+                     variant=first["config"].get("name"))     # --name: an ablation of `model`
         results[scheme][method] = entry
     return dict(results), oof, histories
 

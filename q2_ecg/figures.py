@@ -199,8 +199,8 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
               signal_of=None) -> None:
     """Every figure of evaluation's result. oof[(method, scheme)]: pooled held-out rows;
     histories[(method, scheme)][fold]: history.csv rows; signal_of(method, i): see plot_examples."""
-    kfold = {m: e for m, e in result["models"].get("kfold", {}).items()
-             if not e["seeds"][min(e["seeds"])].get("problems")}     # every fold ran
+    kfold = {m: e for m, e in result["models"].get("kfold", {}).items()   # every fold ran,
+             if not e["seeds"][min(e["seeds"])].get("problems") and not e.get("variant")}  # no variant
     curves = {m: histories[m, "kfold"] for m in kfold if (m, "kfold") in histories
               and any("val_SVEB_f1" in rows[0] for rows in histories[m, "kfold"].values())}
     if curves:

@@ -38,9 +38,10 @@ def _first_seed(entry: dict) -> dict:
 
 
 def _headline(metrics: dict) -> list[tuple[str, dict]]:
-    """k-fold methods whose every fold ran (incomplete ones appear only where said)."""
+    """k-fold methods whose every fold ran (incomplete ones appear only where said); named
+    variants of a model (the imbalance comparison) have a table of their own."""
     return [(n, m) for n, m in metrics["models"]["kfold"].items()
-            if not _first_seed(m).get("problems")]
+            if not _first_seed(m).get("problems") and not m.get("variant")]
 
 
 def split_table(metrics: dict) -> Markdown:
