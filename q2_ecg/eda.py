@@ -203,10 +203,10 @@ def plot_summary(lengths: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> p
     return fig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_data_args(p)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     source = resolve_source(args.data)
     records = load_records(source)
     out = results_dir("q2", source, args.results_root)

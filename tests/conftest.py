@@ -85,3 +85,21 @@ def interrupt_after_first_epoch(monkeypatch, train_module) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "save", save_then_die)
+
+
+@pytest.fixture(scope="session")
+def q1_evaluated(q1_results):
+    """(q1_results after q1_mri.eval wrote metrics.json and figures, eval's result)."""
+    from q1_mri import eval as q1_eval
+
+    return q1_results, q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root",
+                                                        str(q1_results)]))
+
+
+@pytest.fixture(scope="session")
+def q2_evaluated(q2_results):
+    """(q2_results after q2_ecg.eval wrote metrics.json and figures, eval's result)."""
+    from q2_ecg import eval as q2_eval
+
+    return q2_results, q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root",
+                                                        str(q2_results)]))

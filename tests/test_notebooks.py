@@ -160,20 +160,15 @@ def test_number_matching_rules():
     assert appears("93", True, [0.9312]) and appears("93", False, [0.9312])
 
 
-def test_make_notebooks_runs_on_demo_results(q1_results, q2_results, tmp_path):
-    from q1_mri import eval as q1_eval
-    from q2_ecg import eval as q2_eval
+def test_make_notebooks_runs_on_demo_results(q1_evaluated, q2_evaluated, tmp_path):
+    from q1_mri import eda as q1_eda
+    from q2_ecg import eda as q2_eda
 
     root = tmp_path / "results"
-    shutil.copytree(q1_results, root, dirs_exist_ok=True)
-    shutil.copytree(q2_results, root, dirs_exist_ok=True)
-    for eval_module in (q1_eval, q2_eval):
-        eval_module.main(eval_module.parse_args(["--data", "demo", "--device", "cpu",
-                                                 "--results-root", str(root)]))
-    for q in ("q1", "q2"):                 # the eda stats the notebooks read
-        module = {"q1": "q1_mri.eda", "q2": "q2_ecg.eda"}[q]
-        subprocess.run([sys.executable, "-m", module, "--data", "demo", "--results-root",
-                        str(root)], check=True, cwd=PROJECT_ROOT, capture_output=True)
+    for evaluated, _ in (q1_evaluated, q2_evaluated):      # metrics.json and figures included
+        shutil.copytree(evaluated, root, dirs_exist_ok=True)
+    for eda in (q1_eda, q2_eda):                            # the eda stats the notebooks read
+        eda.main(["--data", "demo", "--results-root", str(root)])
     done = subprocess.run([sys.executable, "tools/run_notebooks.py", "--data", "demo",
                            "--results-root", str(root), "--out-dir", str(tmp_path)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True)

@@ -85,8 +85,8 @@ def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
         assert resumed[-1][key] == pytest.approx(straight[-1][key], rel=1e-5)
 
 
-def test_evaluation_scores_every_method_per_patient_from_files(trained):
-    result = q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(trained)]))
+def test_evaluation_scores_every_method_per_patient_from_files(q1_evaluated):
+    trained, result = q1_evaluated
     methods = result["methods"]
     assert list(methods) == ["unet", "unet+flip", "unet25d", "unet25d+flip", "identity", "linear"]
     assert result["device"].startswith("none") and result["patients"] == 20
@@ -127,12 +127,11 @@ def test_evaluation_refuses_a_prediction_file_of_another_split(trained, tmp_path
         q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(root)]))
 
 
-def test_final_model_from_cv_and_external_export(trained, tmp_path):
+def test_final_model_from_cv_and_external_export(q1_evaluated, tmp_path):
     """make q1-final, then q1_mri.eval --data OTHER --trained-on demo --save-predictions."""
     from tests.test_q1_bad_input import write_mri
 
-    if not (trained / "q1" / "demo" / "metrics.json").exists():    # this test run alone
-        q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(trained)]))
+    trained, _ = q1_evaluated
     root = tmp_path / "results"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("*-kfold2-fold1-*"))
     (root / "q1" / "demo" / "metrics.json").write_text(

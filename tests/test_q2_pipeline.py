@@ -19,10 +19,8 @@ DEMO = "q2/demo"
 
 
 @pytest.fixture(scope="module")
-def evaluated(q2_results):
-    result = q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root",
-                                              str(q2_results)]))
-    return q2_results, result
+def evaluated(q2_evaluated):
+    return q2_evaluated
 
 
 def runs_of(root, method, scheme="kfold2"):

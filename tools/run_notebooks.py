@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,26 +41,33 @@ def main() -> None:
     p.add_argument("--results-root", default=None, help="folder holding results/<question>/")
     p.add_argument("--out-dir", default=str(ROOT), help="where the executed notebooks go")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    p.add_argument("--only", choices=list(NOTEBOOKS), default=None, help="execute one notebook")
+    p.add_argument("--only", choices=list(NOTEBOOKS), default=None,
+                   help="execute one notebook (default: both, side by side)")
     args = p.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     if args.results_root:
         os.environ["RESULTS_ROOT"] = str(Path(args.results_root).resolve())
     os.environ.setdefault("NO_PROGRESS", "1")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    for q, name in NOTEBOOKS.items():
-        if args.only and q != args.only:
-            continue
-        spec = getattr(args, f"{q}_data") or args.data
-        if spec:                          # read by common.report.choose_source in the kernel
-            os.environ["NOTEBOOK_DATA"] = spec
-        else:
-            os.environ.pop("NOTEBOOK_DATA", None)
-        try:
-            execute(ROOT / name, Path(args.out_dir) / name, args.timeout)
-        except CellExecutionError as e:
-            sys.exit(f"{name}: a cell failed:\n{str(e)[-2000:]}")
-        print(f"executed {name}")
+    todo = [args.only] if args.only else list(NOTEBOOKS)
+    if len(todo) > 1:          # one process per notebook, so that their kernels run side by side
+        children = {q: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--only", q])
+                    for q in todo}
+        failed = [NOTEBOOKS[q] for q, child in children.items() if child.wait() != 0]
+        if failed:
+            sys.exit(f"not executed: {', '.join(failed)}")
+        return
+    q = todo[0]
+    spec = getattr(args, f"{q}_data") or args.data
+    if spec:                              # read by common.report.choose_source in the kernel
+        os.environ["NOTEBOOK_DATA"] = spec
+    else:
+        os.environ.pop("NOTEBOOK_DATA", None)
+    try:
+        execute(ROOT / NOTEBOOKS[q], Path(args.out_dir) / NOTEBOOKS[q], args.timeout)
+    except CellExecutionError as e:
+        sys.exit(f"{NOTEBOOKS[q]}: a cell failed:\n{str(e)[-2000:]}")
+    print(f"executed {NOTEBOOKS[q]}")
 
 
 if __name__ == "__main__":
