@@ -43,6 +43,10 @@ def final_runs(run_root: Path) -> tuple[list[Path], dict]:
     missing = [f.name for f in folders if not (f / "best.pt").exists()]
     if missing:
         raise cli.DataError(f"the final ensemble lacks {missing} in {run_root}: run `make q2-final`")
+    stale = [f.name for f in folders if read_json(f / "summary.json").get("final_choice") != final]
+    if stale:
+        raise cli.DataError(f"{stale} in {run_root} were trained for another final choice than "
+                            f"{runs[-1].name}: run `make q2-final`")
     return folders, final
 
 

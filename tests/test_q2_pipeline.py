@@ -164,6 +164,12 @@ def test_final_ensemble_trains_each_member_and_exports_their_mean(tmp_path):
         "--results-root", str(root), "--save-predictions", str(tmp_path / "x.npz")]))
     assert out["final_choice"]["model"] == "ensemble" and out["external"]["pooled"]["beats"] == 18
     assert str(np.load(tmp_path / "x.npz")["model"]) == "ensemble"
+    summary = root / DEMO / "resnet-all-seed0" / "summary.json"
+    first = read_json(summary)                  # retrained for other biases, its partner not
+    write_json(summary, {**first, "final_choice": {**first["final_choice"], "logit_bias": [0, 1, 1]}})
+    with pytest.raises(q2_eval.cli.DataError, match=r"\['context-all-seed0'\] .* another final choice"):
+        q2_eval.main(q2_eval.parse_args(["--data", str(source.path), "--trained-on", "demo",
+                                         "--device", "cpu", "--results-root", str(root)]))
     shutil.rmtree(root / DEMO / "context-all-seed0")
     with pytest.raises(q2_eval.cli.DataError, match=r"the final ensemble lacks \['context-all-seed0'\]"):
         q2_eval.main(q2_eval.parse_args(["--data", str(source.path), "--trained-on", "demo",
