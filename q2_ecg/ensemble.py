@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+from scipy.special import softmax
 
 from common import cli
 from common.io import read_json, write_json
@@ -34,8 +35,7 @@ def geometric_mean(probs: list[np.ndarray]) -> np.ndarray:
     confident mistake is tempered by the other, unlike a plain mean where it can dominate.
     """
     logp = np.mean([np.log(np.clip(p.astype(np.float64), 1e-12, 1)) for p in probs], axis=0)
-    p = np.exp(logp - logp.max(1, keepdims=True))
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return softmax(logp, axis=1).astype(np.float32)
 
 
 def combine(members: list[Predictions]) -> Predictions:
