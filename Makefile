@@ -21,12 +21,14 @@ Q2_FOLDS  ?= 5
 SEEDS     ?= 1
 Q2_LODO   ?= mitdb svdb incartdb
 Q2_LEAKY  ?= resnet
+Q2_CURVE_EPOCHS ?= 4
+Q2_RR_SETS ?= sinus all
 SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 # make lab: the port JupyterLab listens on (127.0.0.1 only; reach it through an SSH tunnel)
 PORT      ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q1-final q2 q2-final demo demo-q1 demo-q2 bench notebooks lab clean
+.PHONY: help setup test lint q1 q1-final q2 q2-final q2-curves q2-ablations demo demo-q1 demo-q2 bench notebooks lab clean
 
 ## List the targets
 help:
@@ -96,9 +98,26 @@ q2: setup
 	$(PYTHON) -m q2_ecg.ensemble --data "$(Q2_DATA)"
 	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
 
-## Q2: the deployable model (an ensemble: each member), trained on every record with the settings the cross-validation chose
+## Q2: the deployed model: the chosen configuration's k fold models as the CV scored them (no training); then q2_ecg.infer
 q2-final: setup
-	$(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --split all --from-cv $(Q2_ARGS)
+	$(PYTHON) -m q2_ecg.final --data "$(Q2_DATA)"
+
+## Q2: longer training of both models on folds 0-1 without early stopping (the curves that size the budget)
+q2-curves: setup
+	@set -e; for model in $(Q2_MODELS); do for fold in 0 1; do \
+	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split kfold --folds $(Q2_FOLDS) \
+	    --fold $$fold --name curve --budget full --epochs $(Q2_CURVE_EPOCHS) \
+	    --patience $(Q2_CURVE_EPOCHS) $(RESUME_FLAG) $(Q2_ARGS); \
+	done; done
+	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
+
+## Q2: the ResNet with the other RR feature sets (Q2_RR_SETS), every fold of seed 0 (what the features do per database)
+q2-ablations: setup
+	@set -e; for set in $(Q2_RR_SETS); do for fold in $$(seq 0 $$(($(Q2_FOLDS) - 1))); do \
+	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model resnet --split kfold --folds $(Q2_FOLDS) \
+	    --fold $$fold --rr-set $$set --name rr-$$set $(RESUME_FLAG) $(Q2_ARGS); \
+	done; done
+	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
 
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
 demo: demo-q1 demo-q2

@@ -8,6 +8,7 @@ Files get the user's umask (mkstemp alone would make them 0600).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -142,6 +143,15 @@ def read_csv(path: str | Path) -> list[dict[str, float | str]]:
             return v
     with open(path, newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def torch_save(path: str | Path, obj: Any) -> Path:

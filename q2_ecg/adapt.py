@@ -10,7 +10,11 @@ is a pure function of arrays: call it after predicting a set of records.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 MIN_CLUSTER_BEATS = 25            # k = n // this, within 1..MAX_CLUSTERS
 MAX_CLUSTERS = 8
@@ -35,28 +39,6 @@ def n_clusters(n: int) -> int:
     return int(np.clip(n // MIN_CLUSTER_BEATS, 1, MAX_CLUSTERS))
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = LLOYD_ITERATIONS
-           ) -> np.ndarray:
-    """(n, d) points -> (n,) cluster index 0..k-1: k-means++ seeding, then Lloyd iterations.
-
-    Deterministic for a given seed; an emptied cluster keeps its old centre.
-    """
-    rng = np.random.default_rng(seed)
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, min(k, len(x))):
-        d2 = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
-        if d2.sum() <= 0:
-            break
-        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())])
-    centres = np.array(centres)
-    for _ in range(iterations):
-        assign = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        for c in range(len(centres)):
-            if (assign == c).any():
-                centres[c] = x[assign == c].mean(0)
-    return ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-
-
 def reconcile_by_cluster(embedding: np.ndarray, rr: np.ndarray, prob: np.ndarray,
                          record: np.ndarray, alpha: float = 0.5, rr_weight: float = 1.0,
                          seed: int = 0) -> np.ndarray:
@@ -66,7 +48,8 @@ def reconcile_by_cluster(embedding: np.ndarray, rr: np.ndarray, prob: np.ndarray
     (beats.RR_NAMES); prob: (n, c) class probabilities (softmax of the logits); record: (n,)
     record index. Within each record both feature blocks are z-scored and weighted to equal
     total variance (times rr_weight for the rhythm block: an SVEB's QRS looks like a normal
-    beat's, only its timing differs), the beats are clustered with k-means (k = n_clusters(n)),
+    beat's, only its timing differs), the beats are clustered with k-means (scikit-learn,
+    k-means++ seeding, k = n_clusters(n)),
     and -> (n, c) (1 - alpha) * prob + alpha * mean prob of the beat's cluster; rows still sum
     to 1. alpha = 0 returns prob unchanged.
     """
@@ -76,7 +59,11 @@ def reconcile_by_cluster(embedding: np.ndarray, rr: np.ndarray, prob: np.ndarray
     points = np.concatenate([emb, rhythm], axis=1)
     for r in np.unique(record):
         rows = np.flatnonzero(record == r)
-        assign = kmeans(points[rows], n_clusters(len(rows)), seed)
+        k = min(n_clusters(len(rows)), len(rows))
+        with warnings.catch_warnings():     # a record of identical beats has fewer clusters
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            assign = KMeans(k, n_init=1, max_iter=LLOYD_ITERATIONS,
+                            random_state=seed).fit_predict(points[rows])
         sums = np.zeros((assign.max() + 1, prob.shape[1]))
         np.add.at(sums, assign, prob[rows])
         means = sums / np.bincount(assign)[:, None].clip(min=1)

@@ -1,4 +1,6 @@
-"""Baselines as runs: majority class and RR-only logistic regression, for every fold of a scheme.
+"""Baselines as runs: majority class and two RR-only logistic regressions (on the intervals
+against the sinus rhythm, and on the intervals divided by the record's average RR, the
+inter-patient literature's features), for every fold of a scheme.
 
     python -m q2_ecg.baselines --data ../shared/data/ecg --split kfold --folds 5 --seed 0
 
@@ -17,7 +19,7 @@ from common.io import write_json
 from common.results import provenance, results_dir
 from common.runs import locked, run_name
 from q2_ecg import splits
-from q2_ecg.beats import RR_NAMES, build_table
+from q2_ecg.beats import RR_NAMES, RR_SETS, build_table
 from q2_ecg.data import load_records, resolve_source
 from q2_ecg.prediction_file import save_predictions
 
@@ -31,8 +33,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+BASELINE_FEATURES = {"rr-logistic": "sinus", "rr-record-logistic": "record"}
+
+
 def rr_logistic(rr: np.ndarray, y: np.ndarray, train: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(n, 3) log-odds of a logistic regression on the RR features, fitted on `train` beats."""
+    """(n, 3) log-odds of a logistic regression on RR features (B, F), fitted on `train` beats."""
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     clf.fit(rr[train], y[train])
     return clf.decision_function(rr[rows])
@@ -51,8 +56,10 @@ def main(args) -> None:
         train = np.flatnonzero(table.scored & (roles == "train"))
         rows = np.flatnonzero(table.scored & np.isin(roles, ("val", "test")))
         entry = splits.run_entry(split, path, fold, records, table)
-        outputs = {"rr-logistic": rr_logistic(table.rr, table.label, train, rows),
-                   "majority": np.tile(np.log([0.98, 0.01, 0.01]), (len(rows), 1))}
+        outputs = {name: rr_logistic(table.rr[:, [RR_NAMES.index(n) for n in RR_SETS[rr_set]]],
+                                     table.label, train, rows)
+                   for name, rr_set in BASELINE_FEATURES.items()}
+        outputs["majority"] = np.tile(np.log([0.98, 0.01, 0.01]), (len(rows), 1))
         for method, out in outputs.items():
             with locked(root / run_name(method, scheme, fold, f"seed{args.seed}")) as folder:
                 write_json(folder / "split.json", entry)
@@ -62,7 +69,8 @@ def main(args) -> None:
                 write_json(folder / "summary.json", {
                     **provenance(source, None, args.seed), "model": method, "split": args.split,
                     "fold": fold, "split_id": entry["split_id"],
-                    "config": {"name": None, "folds": args.folds, "features": list(RR_NAMES)},
+                    "config": {"name": None, "folds": args.folds,
+                               "features": list(RR_SETS[BASELINE_FEATURES.get(method, "sinus")])},
                     "split_counts": splits.describe(records, table, roles)})
         print(f"baselines {scheme} {fold}: {len(train)} training beats, {len(rows)} scored")
 

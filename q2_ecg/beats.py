@@ -18,7 +18,11 @@ length mixes the rhythm into the shape. Instead every beat gets
     beat as a second channel, it lets the network judge a beat against the patient's own
     dominant beat (a bundle-branch-block patient's normal beats are wide too). It uses no labels,
     so it is equally available for a new patient's record.
-The zero-padded segment is kept as an ablation (`segment_windows`).
+The RR features come in sets (RR_SETS), and a model's config names the set it reads: "sinus"
+(intervals against the sinus estimate above), "record" (the inter-patient literature's features
+that transfer across databases: the intervals before and after the beat and the local rhythm,
+each divided by the record's own average RR; de Chazal et al. 2004, Lin & Yang 2014,
+Mondejar-Guerra et al. 2019) and "all" (both).
 """
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ from q2_ecg.data import SAMPLING_RATE, UNKNOWN, ECGRecords, inside_signal, keep_
 
 HALF_WINDOW = 128                 # samples each side of the R peak (1 s at 128 Hz)
 WINDOW = 2 * HALF_WINDOW
-SEGMENT = 256                     # zero-padded length of the ablation's split_by_beat segment
 LOCAL_RR_BEATS = 9                # running medians over this many RR intervals
 LONG_RR_BEATS = 129               # ~1.5 min: the window of the sinus-rhythm estimates
 SINUS_PERCENTILE = 90             # of the long window's intervals: the sinus RR
@@ -43,7 +46,14 @@ MIN_RR_S, MAX_RR_S = 0.1, 3.0     # intervals are clipped to this range (annotat
 RR_NAMES = ("rr_prev_s", "rr_next_s", "rr_sinus_s", "log_prev_sinus", "log_next_sinus",
             "log_prev2_sinus", "log_next2_sinus", "log_prev_local", "log_next_prev",
             "log_local_sinus", "log_median_sinus", "log_regular_sinus", "log_prev_regular",
-            "irregularity_9", "irregularity_15")
+            "irregularity_9", "irregularity_15", "rr_record_s", "log_prev_record",
+            "log_next_record", "log_local_record")
+RR_SETS = {
+    "sinus": RR_NAMES[:15],
+    "record": ("rr_prev_s", "rr_next_s", "rr_record_s", "log_prev_record", "log_next_record",
+               "log_local_record", "log_prev_local", "log_next_prev", "irregularity_9"),
+    "all": RR_NAMES,
+}
 
 
 @dataclass
@@ -54,8 +64,6 @@ class BeatTable:
     scored: np.ndarray      # (B,) bool: 32..256-sample segment, label 0-2, R peak inside signal
     rr: np.ndarray          # (B, len(RR_NAMES)) float32, see RR_NAMES
     centre: np.ndarray      # (B,) int64 index of the R peak in `signal`
-    prev: np.ndarray        # (B,) int64 index of the previous annotation (segment start)
-    seg_len: np.ndarray     # (B,) int64 split_by_beat segment length
     rec_start: np.ndarray   # (B,) int64 first sample of the beat's record in `signal`
     rec_end: np.ndarray     # (B,) int64 one past its record's last sample in `signal`
     signal: np.ndarray      # (S',) float32 amplitude-scaled signals, zero gaps between records
@@ -78,7 +86,8 @@ def rr_features(locs: np.ndarray) -> np.ndarray:
     and after the next; sinus: the SINUS_PERCENTILE of LONG_RR_BEATS intervals; local: the
     median of LOCAL_RR_BEATS; median: the median of LONG_RR_BEATS (log(median / sinus) < 0 when
     the record mixes a fast and a slow rhythm); regular: `regular_rr`; irregularity: running
-    medians of |log(rr_i / rr_(i-1))| (atrial fibrillation ~0.1-0.3, sinus ~0.02).
+    medians of |log(rr_i / rr_(i-1))| (atrial fibrillation ~0.1-0.3, sinus ~0.02); record: the
+    mean of all the record's intervals (label-free, so a new record has it too).
     The first beat has no previous RR and the last no next one: they borrow their neighbour.
     Running windows are mirrored at the record's ends (repeating the last interval would let
     it dominate the end's estimates). Intervals are clipped to MIN_RR_S..MAX_RR_S, so every
@@ -96,11 +105,13 @@ def rr_features(locs: np.ndarray) -> np.ndarray:
     step = np.abs(np.diff(np.log(prev), prepend=np.log(prev[0])))
     regular = regular_rr(prev, step, fallback=sinus)
     irregularity = [median_filter(step, size=n, mode="reflect") for n in IRREGULAR_BEATS]
+    record = np.full(m, prev.mean())
     log = np.log
     return np.stack([prev, nxt, sinus, log(prev / sinus), log(nxt / sinus), log(prev2 / sinus),
                      log(next2 / sinus), log(prev / local), log(nxt / prev), log(local / sinus),
                      log(median / sinus), log(regular / sinus), log(prev / regular),
-                     *irregularity], axis=1).astype(np.float32)
+                     *irregularity, record, log(prev / record), log(nxt / record),
+                     log(local / record)], axis=1).astype(np.float32)
 
 
 def regular_rr(prev: np.ndarray, step: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -122,8 +133,8 @@ def regular_rr(prev: np.ndarray, step: np.ndarray, fallback: np.ndarray) -> np.n
 
 def build_table(records: ECGRecords) -> BeatTable:
     """Scale every record, lay the signals out with HALF_WINDOW zeros around each, and compute
-    every beat's window position, segment, record bounds and RR features."""
-    pieces, rr, centre, prev, templates = [np.zeros(HALF_WINDOW, np.float32)], [], [], [], []
+    every beat's window position, record bounds and RR features."""
+    pieces, rr, centre, templates = [np.zeros(HALF_WINDOW, np.float32)], [], [], []
     rec_start, rec_end = [], []
     start = HALF_WINDOW
     for r in range(len(records)):
@@ -134,15 +145,13 @@ def build_table(records: ECGRecords) -> BeatTable:
         templates.append(record_template(scaled, inside))
         rr.append(rr_features(locs))
         centre.append(start + np.minimum(locs, len(signal) - 1))
-        prev.append(start + np.concatenate([[0], np.minimum(locs[:-1], len(signal) - 1)]))
         rec_start.append(np.full(len(locs), start))
         rec_end.append(np.full(len(locs), start + len(signal)))
         start += len(signal) + HALF_WINDOW
-    seg_len = segment_lengths(records)
-    scored = keep_by_length(seg_len) & (records.beat_labels != UNKNOWN) & inside_signal(records)
+    scored = (keep_by_length(segment_lengths(records)) & (records.beat_labels != UNKNOWN)
+              & inside_signal(records))
     return BeatTable(record=records.beat_record, label=records.beat_labels, scored=scored,
                      rr=np.concatenate(rr), centre=np.concatenate(centre),
-                     prev=np.concatenate(prev), seg_len=seg_len,
                      rec_start=np.concatenate(rec_start), rec_end=np.concatenate(rec_end),
                      signal=np.concatenate(pieces), template=np.stack(templates))
 
@@ -157,8 +166,7 @@ def record_template(scaled: np.ndarray, locs: np.ndarray, max_beats: int = 2000)
 def table_to_device(table: BeatTable, device) -> dict[str, torch.Tensor]:
     """The beat table as device tensors (the whole set stays there during training)."""
     t = lambda a, dtype=None: torch.as_tensor(a, dtype=dtype).to(device)  # noqa: E731
-    return {"signal": t(table.signal, torch.float32), "centre": t(table.centre),
-            "prev": t(table.prev), "seg_len": t(table.seg_len), "rr": t(table.rr),
+    return {"signal": t(table.signal, torch.float32), "centre": t(table.centre), "rr": t(table.rr),
             "label": t(table.label), "scored": t(table.scored), "record": t(table.record),
             "rec_start": t(table.rec_start), "rec_end": t(table.rec_end),
             "template": t(table.template, torch.float32)}
@@ -186,16 +194,3 @@ def centred_windows(dev: dict, idx: torch.Tensor, shift: torch.Tensor | None = N
     offsets = torch.arange(-HALF_WINDOW, HALF_WINDOW, device=idx.device)
     centre = dev["centre"][idx] if shift is None else dev["centre"][idx] + shift
     return own_record_samples(dev, idx, centre[..., None] + offsets)
-
-
-def segment_windows(dev: dict, idx: torch.Tensor, shift: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """The ablation: each beat's split_by_beat segment, zero-padded at the end to SEGMENT.
-
-    `shift` moves the segment like the window (the same augmentation for both
-    representations); its length stays seg_len and it never reads outside its record.
-    """
-    positions = torch.arange(SEGMENT, device=idx.device)
-    start = dev["prev"][idx] if shift is None else dev["prev"][idx] + shift
-    values = own_record_samples(dev, idx, start[..., None] + positions)
-    return values * (positions < dev["seg_len"][idx][..., None])

@@ -37,7 +37,7 @@ def main() -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--models", nargs="+", choices=sorted(q2_train.MODELS),
-                   default=["resnet", "context", "autoencoder"])
+                   default=["resnet", "context"])
     p.add_argument("--steps", type=cli.count, default=20, help="timed batches per model")
     p.add_argument("--batch-beats", type=cli.count, default=None,
                    help="beats per training batch (default: the training script's for the device)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from scipy.special import softmax
 
 from common import cli
 from common.io import read_json, write_json
@@ -23,19 +22,10 @@ from common.results import provenance, results_dir
 from common.runs import locked, run_name
 from q2_ecg.data import resolve_source
 from q2_ecg.prediction_file import Predictions, load_predictions, save_rows
+from q2_ecg.rules import geometric_mean
 
 MEMBERS = ("resnet", "context")
 NAME = "ensemble"
-
-
-def geometric_mean(probs: list[np.ndarray]) -> np.ndarray:
-    """k arrays (n, c) of class probabilities -> (n, c) float32 normalised geometric mean.
-
-    Averaging log-probabilities rewards classes both members find likely: one member's
-    confident mistake is tempered by the other, unlike a plain mean where it can dominate.
-    """
-    logp = np.mean([np.log(np.clip(p.astype(np.float64), 1e-12, 1)) for p in probs], axis=0)
-    return softmax(logp, axis=1).astype(np.float32)
 
 
 def combine(members: list[Predictions]) -> Predictions:
@@ -50,7 +40,7 @@ def combine(members: list[Predictions]) -> Predictions:
                                 "the same beats of the same split: rerun those runs")
     adapted = [p.prob_adapted for p in members]
     return Predictions(first.patient_id, first.source_db, first.beat_loc, first.label,
-                       first.role, geometric_mean([p.prob for p in members]), None,
+                       first.role, geometric_mean([p.prob for p in members]),
                        None if any(a is None for a in adapted) else geometric_mean(adapted),
                        NAME, first.split_id, first.data_tag)
 

@@ -1,63 +1,76 @@
-"""Score the Q2 runs from their prediction files; write metrics.json, out-of-fold predictions and
-figures.
+"""Score the Q2 runs from their prediction files and choose the deployed configuration on inner
+validation; write metrics.json, the pooled out-of-fold rows and the figures.
 
-    python -m q2_ecg.eval --data ../shared/data/ecg
-    python -m q2_ecg.eval --data OTHER --trained-on ../shared/data/ecg --save-predictions p.npz
+    python -m q2_ecg.eval --data ../shared/data/ecg                 # the cross-validation
+    python -m q2_ecg.eval --data OTHER --predictions p.npz          # a file q2_ecg.infer wrote
 
 Protocol: every record of the source is predicted once, by the fold model that never saw its
-person (patient-grouped k-fold). Each run's decision biases for SVEB/VEB (the autoencoder's
-threshold) are tuned on that run's inner-validation records, which also chose its epoch; the
-models are compared on inner validation only. Statistics are gross (every out-of-fold beat
-pooled) with 95 % intervals from resampling records, per database, per fold (mean +- sd) and as
-AAMI record averages; seeds are summarised as median and range. Leave-one-database-out and the
-leaky beat-level split are scored the same way. Evaluation reads files only: it never re-runs a
-model or rebuilds a split (an external dataset is first predicted by q2_ecg.infer).
+person (person-grouped k-fold). Every choice is made on inner-validation predictions only, by a
+score in which each database counts equally (the mean over databases of the mean F1 of SVEB
+and VEB; metrics.SelectionScore): each run's epoch (during training), and here, for each
+(method, scheme, seed), one vector of SVEB/VEB decision biases and whether to apply the
+label-free per-record adaptation, both chosen on the pooled inner-validation rows of all its
+folds. The rule that decides a fold's held-out records is chosen on that pool without the rows
+of those records' persons (which other folds' inner validation holds), so no held-out label
+ever shapes its own decision; the deployed rule is chosen on the whole pool. The model
+(ResNet, context model, their ensemble) is chosen by the same score. Statistics are gross
+(every held-out beat pooled) with 95 % intervals from resampling persons, per database, per fold
+(mean +- sd) and as AAMI record averages; seeds are summarised as median and range.
+Leave-one-database-out and the leaky beat-level split are scored the same way. Evaluation reads
+files only: it never runs a model or rebuilds a split.
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from common import cli
-from common.io import read_csv, read_json, savez, write_json
-from common.results import evaluation_dirs, provenance
+from common.io import file_digest, read_csv, read_json, savez, write_json
+from common.results import provenance, results_dir
 from common.stats import bootstrap_additive
 from q2_ecg.beats import HALF_WINDOW, RR_NAMES, build_table
 from q2_ecg.data import load_records, resolve_source
-from q2_ecg.ensemble import MEMBERS
-from q2_ecg.ensemble import NAME as ENSEMBLE
 from q2_ecg.metrics import (
     HEADLINE,
+    SelectionScore,
     confusion,
     ranking_bootstrap,
     ranking_metrics,
     summary_from_confusion,
     tune_logit_bias,
 )
-from q2_ecg.prediction_file import Predictions, load_predictions
+from q2_ecg.prediction_file import Predictions, concat, load_predictions, read_external
+from q2_ecg.rules import decide, log_prob
 
-SOLUTIONS = ("resnet", "context", "ensemble")  # candidates for the final model; the rest are ablations
+SOLUTIONS = ("resnet", "context", "ensemble")  # candidates for the deployed model
 DESCRIPTIONS = {
     "resnet": "1-D ResNet on a 2 s R-centred window and its record's median beat, + RR features",
     "context": "the same beat encoder, then a transformer over 32 neighbouring beats",
     "ensemble": "geometric mean of the ResNet's and the context model's probabilities",
-    "segment": "ablation: the ResNet on the zero-padded split_by_beat segment instead of the "
-               "R-centred window",
-    "autoencoder": "unsupervised: reconstruction error of an autoencoder fitted to normal beats",
-    "rr-logistic": "baseline: logistic regression on the RR features alone",
+    "rr-logistic": "baseline: logistic regression on the RR features against the sinus rhythm",
+    "rr-record-logistic": "baseline: logistic regression on RR intervals divided by the "
+                          "record's average RR (de Chazal 2004)",
     "majority": "baseline: every beat called normal",
 }
 REPORTED = ([f"{c}_{m}" for c in ("NOR", "SVEB", "VEB") for m in ("se", "ppv", "f1", "sp")]
             + [f"{g}_{m}" for g in ("normal", "abnormal") for m in ("se", "ppv", "f1", "sp")]
             + ["macro_f1", "abnormal_macro_f1", "accuracy"])
+DB_REPORTED = ("SVEB_f1", "VEB_f1", "abnormal_f1")        # per database, with intervals
+ADAPTATIONS = ("raw", "adapted")
+
+
+def db_name(db) -> str:
+    return str(db).removesuffix("_npy")
 
 
 # ---------------------------------------------------------------- one run
 
 class Run:
-    """A trained (or baseline) run folder: its summary, split and checked predictions."""
+    """A trained (or baseline, or ensemble) run folder: its summary, split and checked
+    predictions."""
 
     def __init__(self, folder: Path, data_tag: str):
         self.folder = folder
@@ -68,6 +81,7 @@ class Run:
         self.scheme, self.fold = self.summary["split"], self.summary["fold"]
         self.seed = int(self.summary["seed"])
         self.preds = load_predictions(folder / "predictions.npz", self.split["split_id"], data_tag)
+        self.persons = self.split.get("persons") or {}
         if "roles" in self.split:     # record-level split: the file must match it exactly
             for role in ("val", "test"):
                 expected = {p for p, r in self.split["roles"].items() if r == role}
@@ -75,80 +89,91 @@ class Run:
                 if got - expected or (role == "test" and expected - got - self._no_beats()):
                     raise cli.DataError(f"{folder / 'predictions.npz'}: its {role} records do "
                                         f"not match {folder / 'split.json'}; rerun that run")
-        self.tuned = tune(self.preds.select(self.preds.role == "val"))
 
     def _no_beats(self) -> set:
         return set(self.split.get("records_without_scored_beats", []))
 
-    def test(self, adapted: bool = False) -> tuple[Predictions, np.ndarray, np.ndarray]:
-        """Test rows, their predicted class (n,) and P(abnormal) (n,)."""
-        p = self.preds.select(self.preds.role == "test")
-        pred, p_abn = decide(p, self.tuned, adapted)
-        return p, pred, p_abn
+    @property
+    def test_records(self) -> set:
+        return set(self.preds.patient_id[self.preds.role == "test"])
+
+    def person(self, records: np.ndarray) -> np.ndarray:
+        """(n,) person of each record name (the record itself where the split names none)."""
+        return np.array([self.persons.get(r, r) for r in records.tolist()], dtype=str)
 
 
-def _log_prob(p: Predictions, adapted: bool) -> np.ndarray:
-    prob = p.prob_adapted if adapted and p.prob_adapted is not None else p.prob
-    return np.log(np.clip(prob.astype(np.float64), 1e-12, 1))
+# ---------------------------------------------------------------- decision rules
+
+def probabilities(p: Predictions, how: str) -> np.ndarray | None:
+    return p.prob_adapted if how == "adapted" else p.prob
 
 
-def tune(val: Predictions) -> dict:
-    """Decision rule fitted on inner-validation rows: SVEB/VEB logit biases, or a threshold."""
-    if val.score is not None:
-        return {"threshold": best_threshold(val.score, val.label)}
-    out = {"logit_bias": tune_logit_bias(_log_prob(val, False), val.label).tolist()}
-    s = summary_from_confusion(confusion(val.label, (_log_prob(val, False)
-                                                     + out["logit_bias"]).argmax(1)))
-    out["val_score"] = float(np.nan_to_num(s["abnormal_macro_f1"]))
-    if val.prob_adapted is not None:
-        bias = tune_logit_bias(_log_prob(val, True), val.label)
-        s = summary_from_confusion(confusion(val.label, (_log_prob(val, True) + bias).argmax(1)))
-        out.update(adapted_bias=bias.tolist(),
-                   adapted_val_score=float(np.nan_to_num(s["abnormal_macro_f1"])))
-    return out
+def fit_rule(val: Predictions, databases, grid: bool = False) -> dict:
+    """The decision rule chosen on inner-validation rows `val`: for the raw and the adapted
+    probabilities, the SVEB/VEB biases maximising the selection score over `databases`, and
+    whether adaptation wins. With `grid`, each bias search's coarse score grid too (the
+    stability check)."""
+    scorer = SelectionScore(val.label, [db_name(d) for d in val.source_db], databases)
+    rule = {"selection": scorer.kind, "reason": scorer.reason, "databases": scorer.databases}
+    for how in ADAPTATIONS:
+        prob = probabilities(val, how)
+        if prob is None:
+            continue
+        bias, coarse = tune_logit_bias(log_prob(prob), scorer)
+        pred = decide(prob, bias)[0]
+        rule[how] = {"bias": bias.tolist(), "score": scorer(pred),
+                     "per_database": scorer.per_database(pred)}
+        if grid:
+            rule[how]["grid"] = np.round(coarse, 4).tolist()
+    rule["adapt"] = bool("adapted" in rule and rule["adapted"]["score"] > rule["raw"]["score"])
+    rule["score"] = rule["adapted" if rule["adapt"] else "raw"]["score"]
+    rule["bias"] = rule["adapted" if rule["adapt"] else "raw"]["bias"]
+    return rule
 
 
-def decide(p: Predictions, tuned: dict, adapted: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class (n,), P(abnormal) or anomaly score (n,)) under the tuned rule."""
-    if p.score is not None:   # a detector: "abnormal" counted as VEB, only the binary view counts
-        return np.where(p.score > tuned["threshold"], 2, 0), p.score
-    bias = tuned["adapted_bias"] if adapted else tuned["logit_bias"]
-    logp = _log_prob(p, adapted) + np.asarray(bias)
-    prob = np.exp(logp - logp.max(1, keepdims=True))
-    prob /= prob.sum(1, keepdims=True)
-    return prob.argmax(1), prob[:, 1] + prob[:, 2]
-
-
-def best_threshold(score: np.ndarray, y: np.ndarray) -> float:
-    """Anomaly-score threshold with the best normal-vs-abnormal F1 on validation beats."""
-    candidates = np.quantile(score, np.linspace(0.5, 0.995, 100))
-    f1 = [summary_from_confusion(confusion(np.where(y > 0, 2, 0), np.where(score > t, 2, 0)))
-          ["abnormal_f1"] for t in candidates]
-    return float(candidates[int(np.nanargmax(f1))])
+def choose_rules(runs: list[Run]) -> tuple[dict, dict[str, dict]]:
+    """(the rule chosen on the pooled inner validation of every fold, {fold: the rule chosen on
+    that pool without the fold's held-out records}). The leaky beat split shares records
+    between roles, so its single fold uses its own inner validation."""
+    val = concat([r.preds.select(r.preds.role == "val") for r in runs])
+    every = concat([r.preds for r in runs])
+    full = fit_rule(val, {db_name(d) for d in every.source_db}, grid=True)
+    if runs[0].scheme == "beat":
+        return full, {runs[0].fold: full}
+    per_fold = {}
+    for run in runs:
+        held = run.test_records
+        keep = ~np.isin(val.patient_id, list(held))
+        others = ~np.isin(every.patient_id, list(held))
+        rule = fit_rule(val.select(keep), {db_name(d) for d in every.source_db[others]})
+        per_fold[run.fold] = {**{k: rule[k] for k in ("adapt", "bias", "score", "selection")},
+                              **{how: {k: rule[how][k] for k in ("bias", "score")}
+                                 for how in ADAPTATIONS if how in rule}}
+    return full, per_fold
 
 
 # ---------------------------------------------------------------- statistics
 
-def score(y: np.ndarray, pred: np.ndarray, p_abnormal: np.ndarray | None, record: np.ndarray,
+def score(y: np.ndarray, pred: np.ndarray, p_abnormal: np.ndarray | None, group: np.ndarray,
           n_boot: int = 1000) -> dict:
     """Every REPORTED metric (+ AUROC/AUPRC with a score) pooled over beats, with 95 % intervals
-    from resampling records."""
-    records, inverse = np.unique(record, return_inverse=True)
-    per_record = np.zeros((len(records), 9))
-    np.add.at(per_record, inverse, np.eye(9)[y * 3 + pred])
+    from resampling `group`s (persons; records where persons are unknown)."""
+    groups, inverse = np.unique(group, return_inverse=True)
+    per_group = np.zeros((len(groups), 9))
+    np.add.at(per_group, inverse, np.eye(9)[y * 3 + pred])
     out = {}
     for metric in REPORTED:
         value, low, high = bootstrap_additive(
-            per_record, lambda t, m=metric: summary_from_confusion(t.reshape(*t.shape[:-1], 3, 3))[m],
+            per_group, lambda t, m=metric: summary_from_confusion(t.reshape(*t.shape[:-1], 3, 3))[m],
             n_boot=n_boot)
         out[metric] = {"value": value, "ci95": [low, high]}
     if p_abnormal is not None and len(np.unique(p_abnormal)) > 1:
         points = ranking_metrics(y, p_abnormal)
-        intervals = ranking_bootstrap(y, p_abnormal, record, n_boot)
+        intervals = ranking_bootstrap(y, p_abnormal, group, n_boot)
         for name in ("auroc", "auprc"):
             out[name] = {"value": points[name], "ci95": intervals[name]}
     out["confusion"] = confusion(y, pred).tolist()
-    out["beats"], out["records"] = int(len(y)), int(len(records))
+    out["beats"], out["persons"] = int(len(y)), int(len(groups))
     return out
 
 
@@ -158,6 +183,26 @@ def point(y, pred, p_abnormal) -> dict:
     out = {k: float(s[k]) for k in HEADLINE if k in s}
     if p_abnormal is not None and len(np.unique(p_abnormal)) > 1:
         out.update(ranking_metrics(y, p_abnormal))
+    return out
+
+
+def database_rows(o: dict, n_boot: int = 1000) -> dict:
+    """Per database: HEADLINE points, DB_REPORTED with person-bootstrap intervals, counts."""
+    out = {}
+    for db in np.unique(o["db"]):
+        m = o["db"] == db
+        groups, inverse = np.unique(o["person"][m], return_inverse=True)
+        per_group = np.zeros((len(groups), 9))
+        np.add.at(per_group, inverse, np.eye(9)[o["y"][m] * 3 + o["pred"][m]])
+        entry = {**point(o["y"][m], o["pred"][m], o["p_abnormal"][m]), "beats": int(m.sum()),
+                 "records": len(set(o["record"][m])), "persons": len(groups),
+                 "SVEB_beats": int((o["y"][m] == 1).sum()), "VEB_beats": int((o["y"][m] == 2).sum())}
+        for k in DB_REPORTED:
+            _, low, high = bootstrap_additive(
+                per_group, lambda t, k=k: summary_from_confusion(t.reshape(*t.shape[:-1], 3, 3))[k],
+                n_boot=n_boot)
+            entry[f"{k}_ci95"] = [low, high]
+        out[db_name(db)] = entry
     return out
 
 
@@ -179,35 +224,56 @@ def record_average(y, pred, record) -> dict:
     return out
 
 
-def pooled(runs: list[Run], adapted: bool = False) -> dict:
-    """Concatenated test rows of `runs`: y, pred, p_abnormal, record, db, fold."""
+def pooled(runs: list[Run], rules: dict[str, dict], how: str = "chosen") -> dict:
+    """Concatenated held-out rows of `runs` decided by each fold's rule: y, pred, p_abnormal,
+    record, person, db, beat_loc, fold. how: "chosen" (each fold's own adaptation choice),
+    "raw" or "adapted" (that probability for every fold, biases chosen for it)."""
     parts = defaultdict(list)
     for run in runs:
-        p, pred, p_abn = run.test(adapted)
+        p = run.preds.select(run.preds.role == "test")
+        rule = rules[run.fold]
+        use = ("adapted" if rule["adapt"] else "raw") if how == "chosen" else how
+        pred, p_abn = decide(probabilities(p, use), rule[use]["bias"])
         for k, v in (("y", p.label), ("pred", pred), ("p_abnormal", p_abn),
-                     ("record", p.patient_id), ("db", p.source_db), ("beat_loc", p.beat_loc),
+                     ("record", p.patient_id), ("person", run.person(p.patient_id)),
+                     ("db", p.source_db), ("beat_loc", p.beat_loc),
                      ("fold", np.full(len(pred), run.fold))):
             parts[k].append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def assess(runs: list[Run], adapted: bool, binary: bool) -> dict:
-    """Every statistic of one (method, scheme, seed) from its runs' test rows."""
-    o = pooled(runs, adapted)
-    p_abn = o["p_abnormal"]
-    out = {"pooled": score(o["y"], o["pred"], p_abn, o["record"]),
-           "per_database": {str(db).removesuffix("_npy"): {**point(o["y"][m], o["pred"][m], p_abn[m]),
-                                      "beats": int(m.sum()), "records": len(set(o["record"][m]))}
-                            for db in np.unique(o["db"]) for m in [o["db"] == db]},
+def assess(o: dict) -> dict:
+    """Every statistic of one set of pooled held-out rows."""
+    out = {"pooled": score(o["y"], o["pred"], o["p_abnormal"], o["person"]),
+           "per_database": database_rows(o),
            "record_average": record_average(o["y"], o["pred"], o["record"])}
-    folds = {str(f): point(o["y"][m], o["pred"][m], p_abn[m])
+    folds = {str(f): point(o["y"][m], o["pred"][m], o["p_abnormal"][m])
              for f in np.unique(o["fold"]) for m in [o["fold"] == f]}
     out["per_fold"] = folds
     out["fold_mean_sd"] = {k: mean_sd([f[k] for f in folds.values() if k in f]) for k in HEADLINE}
-    if binary:
-        out["pooled"] = {k: v for k, v in out["pooled"].items() if not k.startswith(
-            ("NOR", "SVEB", "VEB", "macro", "accuracy"))}
     return out
+
+
+def per_record(o: dict) -> dict:
+    """{record: {db, person, confusion (3x3, rows true), SVEB/VEB Se and +P}}: where a model
+    fails, record by record (the error analysis of ectopic-dominant, fibrillating and fusion
+    records)."""
+    out = {}
+    for r in np.unique(o["record"]):
+        m = o["record"] == r
+        cm = confusion(o["y"][m], o["pred"][m])
+        s = summary_from_confusion(cm)
+        out[str(r)] = {"db": db_name(o["db"][m][0]), "person": str(o["person"][m][0]),
+                       "confusion": cm.tolist(),
+                       **{k: float(s[k]) for k in ("SVEB_se", "SVEB_ppv", "VEB_se", "VEB_ppv")}}
+    return out
+
+
+def brief(o: dict) -> dict:
+    """Point values only, pooled and per database (the with/without-adaptation contrast)."""
+    return {"pooled": point(o["y"], o["pred"], o["p_abnormal"]),
+            "per_database": {db_name(db): point(o["y"][m], o["pred"][m], o["p_abnormal"][m])
+                             for db in np.unique(o["db"]) for m in [o["db"] == db]}}
 
 
 def mean_sd(values: list[float]) -> list[float]:
@@ -224,7 +290,7 @@ def check_out_of_fold(runs: list[Run], expected_folds: int) -> list[str]:
         problems.append(f"{len(runs)} of {expected_folds} folds trained")
     seen = defaultdict(list)
     for run in runs:
-        for rec in set(run.preds.patient_id[run.preds.role == "test"]):
+        for rec in run.test_records:
             seen[rec].append(run.fold)
     twice = sorted(r for r, f in seen.items() if len(f) > 1)
     if twice:
@@ -232,15 +298,20 @@ def check_out_of_fold(runs: list[Run], expected_folds: int) -> list[str]:
     return problems
 
 
-def seeds_summary(per_seed: dict[int, dict]) -> dict:
-    """Median and range over seeds of the pooled headline values."""
-    out = {}
-    for k in HEADLINE:
-        v = [s["pooled"][k]["value"] for s in per_seed.values() if k in s["pooled"]]
-        if v:
-            out[k] = {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)),
-                      "seeds": len(v)}
-    return out
+def seeds_summary(per_seed: dict[str, dict]) -> dict:
+    """Median and range over seeds of the pooled headline values and of each database's
+    SVEB / VEB F1 (keys "<db>_SVEB_f1")."""
+    values = defaultdict(list)
+    for s in per_seed.values():
+        for k in HEADLINE:
+            if k in s["pooled"]:
+                values[k].append(s["pooled"][k]["value"])
+        for db, d in s["per_database"].items():
+            for k in ("SVEB_f1", "VEB_f1", "auroc"):
+                if k in d:
+                    values[f"{db}_{k}"].append(d[k])
+    return {k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)),
+                "seeds": len(v)} for k, v in values.items()}
 
 
 # ---------------------------------------------------------------- all runs of a source
@@ -255,106 +326,160 @@ def collect(run_root: Path, data_tag: str) -> dict:
     return groups
 
 
+def evaluate_group(runs: list[Run]) -> tuple[dict, dict]:
+    """(the metrics.json entry of one (method, scheme, seed), its pooled held-out rows)."""
+    runs.sort(key=lambda r: r.fold)
+    full, per_fold = choose_rules(runs)
+    rows = pooled(runs, per_fold)
+    entry = {"runs": [r.folder.name for r in runs], "rule": full, "fold_rules": per_fold,
+             **assess(rows)}
+    if runs[0].scheme == "kfold":
+        entry["problems"] = check_out_of_fold(runs, int(runs[0].summary["config"]["folds"]))
+    if all(r.preds.prob_adapted is not None for r in runs):
+        entry["by_adaptation"] = {how: brief(pooled(runs, per_fold, how)) for how in ADAPTATIONS}
+    if runs[0].method in SOLUTIONS and runs[0].scheme in ("kfold", "lodo"):
+        entry["per_record"] = per_record(rows)
+    entry["best_epoch"] = {r.fold: r.summary.get("best_epoch") for r in runs}
+    entry["split_counts"] = {r.fold: r.summary.get("split_counts") for r in runs}
+    entry["wall_time_s"] = float(sum(r.summary.get("wall_time_s") or 0 for r in runs))
+    return entry, rows
+
+
 def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
-    """metrics['models'] etc. for every group; also the pooled rows and training histories."""
+    """metrics['models'] for every group; also the first seed's pooled rows and histories."""
     groups = collect(run_root, data_tag)
     if not groups:
         raise cli.DataError(f"no Q2 run with predictions in {run_root}: run `make q2` (or "
                             "python -m q2_ecg.train) first")
     results, oof, histories = defaultdict(dict), {}, {}
     for (method, scheme), per_seed in sorted(groups.items()):
-        binary = next(iter(per_seed.values()))[0].preds.score is not None
         entry = {"description": DESCRIPTIONS.get(method) or DESCRIPTIONS.get(method.split("-")[0], method),
                  "seeds": {}}
         for seed, runs in sorted(per_seed.items()):
-            runs.sort(key=lambda r: r.fold)
-            s = {"runs": [r.folder.name for r in runs], **assess(runs, False, binary)}
-            if scheme == "kfold":
-                s["problems"] = check_out_of_fold(runs, int(runs[0].summary["config"]["folds"]))
-            if all(r.preds.prob_adapted is not None for r in runs):
-                s["adapted"] = assess(runs, True, binary)
-            s["tuned"] = {r.fold: r.tuned for r in runs}
-            s["best_epoch"] = {r.fold: r.summary.get("best_epoch") for r in runs}
-            s["split_counts"] = {r.fold: r.summary.get("split_counts") for r in runs}
-            s["wall_time_s"] = float(sum(r.summary.get("wall_time_s", 0) for r in runs))
-            entry["seeds"][str(seed)] = s
+            entry["seeds"][str(seed)], rows = evaluate_group(runs)
             if seed == min(per_seed):
-                oof[method, scheme] = pooled(runs)
+                oof[method, scheme] = rows
                 histories[method, scheme] = {r.fold: read_csv(r.folder / "history.csv")
                                              for r in runs if (r.folder / "history.csv").exists()}
+        for s in entry["seeds"].values():
+            if s["rule"]["reason"]:
+                print(f"notice: {method} {scheme}: {s['rule']['reason']}", file=sys.stderr)
         entry["seed_summary"] = seeds_summary(entry["seeds"])
         first = next(iter(per_seed.values()))[0].summary
-        entry.update({k: first.get(k) for k in ("parameters", "precision", "device", "imbalance")},
+        entry.update({k: first.get(k) for k in ("parameters", "precision", "device",
+                                                 "model_args")},
                      variant=first["config"].get("name"))     # --name: an ablation of `model`
         results[scheme][method] = entry
     return dict(results), oof, histories
 
 
-def final_choice(kfold: dict) -> dict | None:
-    """The configuration q2-final trains: the solution with the best inner-validation score,
-    its median best epoch (an ensemble: each member's) and median decision biases over folds and
-    seeds."""
-    cands = {}
-    for method, entry in kfold.items():
-        if method not in SOLUTIONS:
-            continue
-        tuned = [t for s in entry["seeds"].values() for t in s["tuned"].values()]
-        cands[method] = (float(np.mean([t["val_score"] for t in tuned])), entry)
+def complete(entry: dict) -> bool:
+    return not any(s.get("problems") for s in entry["seeds"].values())
+
+
+def final_choice(kfold: dict, run_root: Path) -> dict | None:
+    """The deployed configuration: the solution with the best pooled inner-validation score
+    (mean over seeds), as the k fold models of its first seed, each validated on its own
+    held-out fold, whose probabilities are averaged (no refit, no new schedule), decided by
+    the rule chosen on that seed's pooled inner validation."""
+    cands = {m: float(np.mean([s["rule"]["score"] for s in e["seeds"].values()]))
+             for m, e in kfold.items() if m in SOLUTIONS and complete(e)}
     if not cands:
         return None
-    method, (val_score, entry) = max(cands.items(), key=lambda kv: kv[1][0])
-    tuned = [t for s in entry["seeds"].values() for t in s["tuned"].values()]
-    adapted = all("adapted_val_score" in t for t in tuned) and np.mean(
-        [t["adapted_val_score"] for t in tuned]) > val_score
+    method = max(cands, key=cands.get)
+    seed = min(kfold[method]["seeds"], key=int)
+    s = kfold[method]["seeds"][seed]
+    folds = {}
+    for name in s["runs"]:
+        summary = read_json(run_root / name / "summary.json")
+        folds[summary["fold"]] = list(summary.get("members", {}).values()) or [name]
+    rule = s["rule"]
+    digests = {name: file_digest(run_root / name / "predictions.npz")
+               for names in folds.values() for name in names}
+    return {"model": method, "seed": int(seed), "folds": folds, "prediction_digests": digests,
+            "adapt": rule["adapt"],
+            "logit_bias": rule["bias"], "selection": rule["selection"],
+            "inner_val_score": cands[method], "inner_val_scores": cands,
+            "inner_val_per_database": rule["adapted" if rule["adapt"] else "raw"]["per_database"]}
 
-    def median_epoch(model: str) -> int | None:
-        epochs = [e for s in kfold[model]["seeds"].values() for e in s["best_epoch"].values() if e]
-        return int(np.median(epochs)) if epochs else None
-    key = "adapted_bias" if adapted else "logit_bias"
-    members = {m: median_epoch(m) for m in MEMBERS} if method == ENSEMBLE else None
-    return {"model": method, "inner_val_score": val_score, "adapt": bool(adapted),
-            "epochs": None if members else median_epoch(method), "members": members,
-            "logit_bias": np.median([t[key] for t in tuned], axis=0).tolist(),
-            "inner_val_scores": {m: v for m, (v, _) in cands.items()}}
+
+def headline(models: dict, chosen: str | None) -> dict:
+    """The named headline numbers of every complete solution and baseline: pooled out of fold,
+    each database out of fold (median and range over seeds), and each database left out
+    (LODO, first seed)."""
+    out = {}
+    for method, e in models.get("kfold", {}).items():
+        if not complete(e) or e.get("variant"):
+            continue
+        row = {"seeds": len(e["seeds"]), "out_of_fold": e["seed_summary"]}
+        lodo = models.get("lodo", {}).get(method)
+        if lodo:
+            first = lodo["seeds"][min(lodo["seeds"], key=int)]["per_database"]
+            row["left_out"] = {db: {k: v[k] for k in ("SVEB_f1", "VEB_f1", "auroc") if k in v}
+                               for db, v in first.items()}
+        out[method] = row
+    return {"chosen": chosen, "methods": out}
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_eval_args(p, "beat")
+    cli.add_data_args(p)
+    p.add_argument("--predictions", default=None, metavar="FILE.npz",
+                   help="score this file of q2_ecg.infer against --data instead of the "
+                        "cross-validation's runs")
     return p.parse_args(argv)
 
 
 def main(args) -> dict:
     from q2_ecg import figures
 
-    test_source = resolve_source(args.data)
-    train_source = resolve_source(args.trained_on) if args.trained_on else test_source
-    run_root, out_dir, external = evaluation_dirs("q2", train_source, test_source,
-                                                  args.results_root)
-    if external:
-        return evaluate_external(args, run_root, out_dir, train_source, test_source)
-    models, oof, histories = evaluate_source(run_root, test_source.tag)
-    choice = final_choice(models.get("kfold", {}))
-    result = {**provenance(test_source, None, 0), "trained_on": train_source.tag,
+    source = resolve_source(args.data)
+    if args.predictions:
+        return evaluate_file(Path(args.predictions), source, args.results_root)
+    run_root = results_dir("q2", source, args.results_root)
+    models, oof, histories = evaluate_source(run_root, source.tag)
+    choice = final_choice(models.get("kfold", {}), run_root)
+    result = {**provenance(source, None, 0),
               "protocol": __doc__.split("Protocol: ")[1].strip(),
               "headline_scheme": "kfold", "chosen_model": choice and choice["model"],
-              "final_choice": choice, "models": models}
-    write_json(out_dir / "metrics.json", result)
+              "final_choice": choice, "headline": headline(models, choice and choice["model"]),
+              "models": models}
+    records = load_records(source)
+    table = build_table(records)
+    result["records"] = record_rhythms(records, table)
+    write_json(run_root / "metrics.json", result)
     for (method, scheme), rows in oof.items():
-        savez(out_dir / "oof" / f"{method}-{scheme}.npz", **rows)
-    figures.write_all(out_dir / "figures", result, oof, histories, test_source.label,
-                      example_signals(test_source, oof))
+        savez(run_root / "oof" / f"{method}-{scheme}.npz", **rows)
+    figures.write_all(run_root / "figures", result, oof, histories, source.label,
+                      example_signals(records, table, oof))
     print_table(result)
     return result
 
 
-def example_signals(source, oof: dict):
+def record_rhythms(records, table) -> dict:
+    """Per record, from the data (labels and R-peak times only): database, scored beats, the
+    shares of SVEB and VEB beats (an ectopic-dominant record has many), the median RR (s) and
+    the median beat-to-beat irregularity (beats.RR_NAMES irregularity_9: about 0.02 in sinus
+    rhythm, 0.1-0.3 in atrial fibrillation). What the per-record error analysis is read against."""
+    col = RR_NAMES.index("irregularity_9")
+    out = {}
+    for r, name in enumerate(records.patient_id):
+        m = (table.record == r) & table.scored
+        if not m.any():
+            continue
+        y = table.label[m]
+        out[str(name)] = {"db": db_name(records.source_db[r]), "beats": int(m.sum()),
+                          "SVEB_share": float(np.mean(y == 1)), "VEB_share": float(np.mean(y == 2)),
+                          "median_rr_s": float(np.median(table.rr[m, 0])),
+                          "irregularity": float(np.median(table.rr[m, col]))}
+    return out
+
+
+def example_signals(records, table, oof: dict):
     """signal_of(method, i) -> what the model read for row i of the method's out-of-fold rows:
     {"window": beat window (WINDOW,), "template": record template (WINDOW,), "rr_prev_s",
     "rr_next_s", "rr_sinus_s": RR features in s}; read from the data, for the example-beat
     figure only."""
-    records = load_records(source)
-    table = build_table(records)
     first = records.beat_offsets[:-1]
     row_of = {p: r for r, p in enumerate(records.patient_id)}
     rr_column = {name: RR_NAMES.index(name) for name in ("rr_prev_s", "rr_next_s", "rr_sinus_s")}
@@ -371,41 +496,41 @@ def example_signals(source, oof: dict):
     return signal_of
 
 
-def evaluate_external(args, run_root, out_dir, train_source, test_source) -> dict:
-    """Predict every beat of another dataset with the final model, then score that file."""
-    from q2_ecg.infer import predict_external
-
-    path, final = predict_external(run_root, test_source, out_dir, args.device)
-    p = load_predictions(path, data_tag=test_source.tag)
-    pred, p_abn = decide(p, {"logit_bias": final["logit_bias"],
-                             "adapted_bias": final["logit_bias"]}, final["adapt"])
-    scored = p.role == "test"
-    result = {**provenance(test_source, None, 0), "trained_on": train_source.tag,
-              "test_set": f"every scored beat of {test_source.label}", "final_choice": final,
-              "external": {"pooled": score(p.label[scored], pred[scored], p_abn[scored],
-                                           p.patient_id[scored]),
-                           "record_average": record_average(p.label[scored], pred[scored],
-                                                            p.patient_id[scored])}}
-    write_json(out_dir / "metrics.json", result)
-    if args.save_predictions:
-        savez(args.save_predictions, patient_id=p.patient_id, beat_loc=p.beat_loc,
-              pred=pred.astype(np.int64), p_abnormal=p_abn.astype(np.float32),
-              scored=scored, model=np.array(final["model"]))
-        print(f"predictions for {len(pred)} beats written to {args.save_predictions}")
-    t = result["external"]["pooled"]
-    print(f"Q2 final {final['model']} on {test_source.label}: " + ", ".join(
-        f"{k} {t[k]['value']:.3f}" for k in HEADLINE if k in t))
+def evaluate_file(path: Path, source, results_root) -> dict:
+    """Score a prediction file of q2_ecg.infer against the labels of `source`: pooled with
+    record-bootstrap intervals (persons are unknown in a new dataset), per database, and the
+    AAMI record averages. Writes results/q2/<source>/scored-<file name>.json."""
+    p = read_external(path, load_records(source))
+    scored = p["scored"]
+    y, pred, p_abn, record = (p[k][scored] for k in ("label", "pred", "p_abnormal", "patient_id"))
+    o = {"y": y, "pred": pred, "p_abnormal": p_abn, "record": record, "person": record,
+         "db": p["source_db"][scored]}
+    result = {**provenance(source, None, 0), "predictions": str(path),
+              "final_model": p["final"], "test_set": f"every scored beat of {source.label}",
+              "pooled": score(y, pred, p_abn, record), "per_database": database_rows(o),
+              "record_average": record_average(y, pred, record)}
+    out = results_dir("q2", source, results_root) / f"scored-{path.stem}.json"
+    write_json(out, result)
+    t = result["pooled"]
+    print(f"Q2 {path.name} on {source.label}: " + ", ".join(
+        f"{k} {t[k]['value']:.3f}" for k in HEADLINE if k in t) + f"\nwritten to {out}")
     return result
 
 
 def print_table(result: dict) -> None:
     print(f"\nQ2 on {result['data_label']} (out of fold: seed median; LODO; leaky split)")
-    print(f"{'method':<26}" + "".join(f"{k:>13}" for k in HEADLINE))
+    print(f"{'method':<30}" + "".join(f"{k:>13}" for k in HEADLINE))
     for scheme, methods in result["models"].items():
         for method, entry in methods.items():
             s = entry["seed_summary"]
-            print(f"{method + ' ' + scheme:<26}" + "".join(
+            print(f"{method + ' ' + scheme:<30}" + "".join(
                 f"{s[k]['median']:>13.3f}" if k in s else f"{'-':>13}" for k in HEADLINE))
+    choice = result["final_choice"]
+    if choice:
+        print(f"chosen on inner validation ({choice['selection']} score): {choice['model']} "
+              f"(scores {', '.join(f'{m} {v:.3f}' for m, v in choice['inner_val_scores'].items())}"
+              f"), adaptation {'on' if choice['adapt'] else 'off'}, biases "
+              f"{[round(b, 3) for b in choice['logit_bias']]}")
 
 
 if __name__ == "__main__":

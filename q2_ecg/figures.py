@@ -6,7 +6,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from common.plotting import save_figure
@@ -15,30 +14,66 @@ from q2_ecg.data import SAMPLING_RATE
 from q2_ecg.eda import database_name
 from q2_ecg.metrics import CLASSES
 
-CURVES = (("train_loss", "training loss"), ("val_abnormal_macro_f1", "mean F1 of SVEB and VEB"),
-          ("val_normal_f1", "F1 normal (class 0)"), ("val_abnormal_f1", "F1 abnormal (classes 1-2)"),
-          ("val_SVEB_f1", "F1 SVEB"), ("val_VEB_f1", "F1 VEB"))
 MIN_FPR = 1e-4       # left edge of the log false-positive-rate axis
 SCHEMES = {"kfold": "k-fold (unseen persons)", "lodo": "held-out database",
            "beat": "leaky beat-level split"}
 
 
-def plot_curves(histories: dict[str, dict[str, list[dict]]]) -> plt.Figure:
-    """Per epoch: training loss and inner-validation F1s (before bias tuning), one thin line per
-    fold, one colour per method."""
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    for ax, (key, label) in zip(axes.flat, CURVES):
-        for c, (name, folds) in enumerate(histories.items()):
-            for k, rows in enumerate(folds.values()):
-                if key in rows[0]:
-                    ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=f"C{c}",
-                            lw=0.9, alpha=0.8, marker=".", label=name if k == 0 else None)
-        ylabel = ("cross-entropy (nats per beat)" if key == "train_loss"
-                  else "F1 on inner-validation records")
-        ax.set(title=label, xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.flat[1].legend()
-    fig.suptitle("Training curves of every fold (one line per fold)")
+def plot_curves(histories: dict[str, dict[str, list[dict]]], databases: list[str]
+                ) -> plt.Figure:
+    """Inner-validation F1 (before bias tuning) per database against training beats seen: one
+    panel per (class, database), one colour per method, the mean over folds with the range of
+    the folds as a band.
+
+    histories[method][fold]: history.csv rows with "beats_seen" and "val_<db>_<class>_f1"."""
+    fig, axes = plt.subplots(2, len(databases), figsize=(3.6 * len(databases), 5.6),
+                             sharex=True, sharey="row", squeeze=False)
+    for row, cls in enumerate(("SVEB", "VEB")):
+        for ax, db in zip(axes[row], databases):
+            key = f"val_{db}_{cls}_f1"
+            for c, (name, folds) in enumerate(histories.items()):
+                runs = [rows for rows in folds.values() if rows and key in rows[0]]
+                if not runs:
+                    continue
+                n = min(len(rows) for rows in runs)
+                x = np.array([r["beats_seen"] for r in runs[0][:n]]) / 1e6
+                y = np.array([[r[key] for r in rows[:n]] for rows in runs], dtype=np.float64)
+                if np.isnan(y).all():          # no such beats in this database's validation
+                    continue
+                y = np.where(np.isnan(y), np.nanmean(y, 0, keepdims=True), y)
+                ax.plot(x, np.nanmean(y, 0), color=f"C{c}", marker=".", label=name)
+                ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=f"C{c}", alpha=0.15,
+                                lw=0)
+            ax.set(title=f"{cls} F1, {database_name(db)}", ylim=(0, 1))
+            if row == 1:
+                ax.set_xlabel("training beats seen (millions)")
+        axes[row, 0].set_ylabel("F1 on inner-validation persons")
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=max(1, len(labels)), fontsize=8)
+    fig.suptitle("Inner validation per database during training (mean over folds, band: "
+                 "range of the folds)")
+    return fig
+
+
+def plot_bias_grid(grid: list[list[float]], bias: list[float], method: str) -> plt.Figure:
+    """The inner-validation selection score over the coarse grid of SVEB/VEB logit biases
+    (metrics.BIAS_COARSE on both axes), with the chosen biases marked: how flat the optimum is."""
+    from q2_ecg.metrics import BIAS_COARSE
+
+    g = np.asarray(grid)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    step = BIAS_COARSE[1] - BIAS_COARSE[0]
+    extent = (BIAS_COARSE[0] - step / 2, BIAS_COARSE[-1] + step / 2) * 2
+    im = ax.imshow(g, origin="lower", extent=extent, cmap="viridis", vmin=max(0, g.max() - 0.2),
+                   vmax=g.max(), aspect="equal")
+    ax.plot(bias[2], bias[1], marker="x", color="red", ms=9, mew=2, ls="",
+            label=f"chosen ({bias[1]:+.2f}, {bias[2]:+.2f}): {g.max():.3f}")
+    fig.colorbar(im, ax=ax, label="inner-validation selection score")
+    ax.set(xlabel="VEB logit bias", ylabel="SVEB logit bias",
+           title=f"{method}: score within 0.2 of its best")
+    ax.legend(loc="upper left", fontsize=7)
+    ax.grid(False)
+    fig.suptitle("Decision biases: the inner-validation score around the chosen pair")
     return fig
 
 
@@ -201,11 +236,24 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
     histories[(method, scheme)][fold]: history.csv rows; signal_of(method, i): see plot_examples."""
     kfold = {m: e for m, e in result["models"].get("kfold", {}).items()   # every fold ran,
              if not e["seeds"][min(e["seeds"])].get("problems") and not e.get("variant")}  # no variant
-    curves = {m: histories[m, "kfold"] for m in kfold if (m, "kfold") in histories
-              and any("val_SVEB_f1" in rows[0] for rows in histories[m, "kfold"].values())}
-    if curves:
-        save_figure(plot_curves(curves), folder / "curves.png",
-                    "Training curves of every fold (inner-validation records)", label)
+    databases = sorted({k.split("_")[1] for folds in histories.values() for rows in folds.values()
+                        for k in (rows[0] if rows else {}) if k.endswith("_SVEB_f1")
+                        and k.count("_") == 3})
+    curves = {m: histories[m, "kfold"] for m in kfold if (m, "kfold") in histories}
+    if curves and databases:
+        save_figure(plot_curves(curves, databases), folder / "curves.png",
+                    "Inner validation per database during training", label)
+    long_runs = {m: h for (m, scheme), h in histories.items()
+                 if scheme == "kfold" and m.split("-", 1)[-1].startswith("curve")}
+    if long_runs and databases:
+        save_figure(plot_curves(long_runs, databases), folder / "budget_curves.png",
+                    "Longer training: inner validation per database against beats seen", label)
+    chosen = result.get("chosen_model")
+    if chosen:
+        rule = result["models"]["kfold"][chosen]["seeds"][str(result["final_choice"]["seed"])]["rule"]
+        how = "adapted" if rule["adapt"] else "raw"
+        save_figure(plot_bias_grid(rule[how]["grid"], rule[how]["bias"], chosen),
+                    folder / "bias_grid.png", "Decision biases on pooled inner validation", label)
     first = {m: e["seeds"][min(e["seeds"])]["pooled"] for m, e in kfold.items()}
     classifiers = [m for m, p in first.items() if "SVEB_f1" in p and m != "majority"]
     if classifiers:
@@ -215,7 +263,6 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
     if ranked:
         save_figure(plot_roc_pr({m: oof[m, "kfold"] for m in ranked}, ranked),
                     folder / "roc_pr.png", "Normal vs abnormal, out of fold (first seed)", label)
-    chosen = result.get("chosen_model")
     if chosen and signal_of is not None and (chosen, "kfold") in oof:
         save_figure(plot_examples(lambda i: signal_of(chosen, i), oof[chosen, "kfold"]),
                     folder / "examples.png",

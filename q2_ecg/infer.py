@@ -1,8 +1,14 @@
-"""Predict every beat of another dataset with the deployable final model (make q2-final).
+"""Predict every beat of another dataset with the deployed Q2 model (make q2-final).
 
-Used by `q2_ecg.eval --data OTHER --trained-on SOURCE`: this is the one place where a trained
-model runs outside training. It writes a predictions.npz in the usual format (role "test" for
-scored beats, "unscored" for UNK or out-of-range beats), which evaluation then scores.
+    python -m q2_ecg.infer --data OTHER --trained-on ../shared/data/ecg --out p.npz
+    python -m q2_ecg.eval --data OTHER --predictions p.npz       # then score it
+
+The deployed model is the k fold models of final.json (q2_ecg.final): each predicts the beats,
+an ensemble's members are combined by geometric mean within each fold, the folds' probabilities
+are averaged, the label-free per-record adaptation is applied if the cross-validation chose
+it, and the decision biases decide. Beats the brief does not score (UNK, segments outside
+32..256 samples) get pred -1. The file's rows are the data's annotated beats in order
+(prediction_file.save_external).
 """
 from __future__ import annotations
 
@@ -13,65 +19,68 @@ from scipy.special import softmax
 
 from common import cli
 from common.checkpoint import load_weights
-from common.io import read_json
+from common.results import results_dir
 from common.runtime import configure_threads, select_device
 from q2_ecg.beats import build_table, table_to_device
-from q2_ecg.data import load_records
-from q2_ecg.ensemble import geometric_mean
+from q2_ecg.data import load_records, resolve_source
+from q2_ecg.final import read_final
 from q2_ecg.model import build_model
 from q2_ecg.predict import predict_and_adapt
-from q2_ecg.prediction_file import save_predictions
+from q2_ecg.prediction_file import save_external
+from q2_ecg.rules import decide, fold_average, geometric_mean
 
 
-def final_runs(run_root: Path) -> tuple[list[Path], dict]:
-    """The final model's run folders (one, or an ensemble's members) and its decision rule.
-
-    The newest `<model>-all-seed<s>` folder with trained weights names the chosen configuration;
-    an ensemble's members are the `<member>-all-seed<s>` folders beside it.
-    """
-    runs = sorted((f for f in run_root.glob("*-all-seed*") if (f / "best.pt").exists()),
-                  key=lambda f: f.stat().st_mtime)
-    if not runs:
-        raise cli.DataError(f"no final Q2 model in {run_root}: run `make q2-final` first")
-    final = read_json(runs[-1] / "summary.json").get("final_choice")
-    if not final:
-        raise cli.DataError(f"{runs[-1]} was not trained with --from-cv: it has no decision biases")
-    if not final.get("members"):
-        return [runs[-1]], final
-    seed = runs[-1].name.rsplit("-seed", 1)[1]
-    folders = [run_root / f"{m}-all-seed{seed}" for m in final["members"]]
-    missing = [f.name for f in folders if not (f / "best.pt").exists()]
-    if missing:
-        raise cli.DataError(f"the final ensemble lacks {missing} in {run_root}: run `make q2-final`")
-    stale = [f.name for f in folders if read_json(f / "summary.json").get("final_choice") != final]
-    if stale:
-        raise cli.DataError(f"{stale} in {run_root} were trained for another final choice than "
-                            f"{runs[-1].name}: run `make q2-final`")
-    return folders, final
+def parse_args(argv=None):
+    p = cli.parser(__doc__.splitlines()[0])
+    cli.add_data_args(p)
+    p.add_argument("--trained-on", required=True,
+                   help="the source whose deployed model (make q2-final) predicts --data")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the prediction file to write")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    return p.parse_args(argv)
 
 
-def predict_external(run_root: Path, source, out_dir: Path, device: str) -> tuple[Path, dict]:
-    """Write out_dir/predictions.npz for every beat of `source`; return it and the decision rule."""
+def deployed_probabilities(root: Path, final: dict, dev: dict, beats: np.ndarray, table,
+                           device) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, adapted) class probabilities (n, 3) of the deployed fold models for `beats`."""
+    raw, adapted = [], []
+    for entries in final["folds"].values():
+        fold_raw, fold_adapted = [], []
+        for e in entries:
+            weights = load_weights(root / e["weights"], device)
+            model = build_model(**weights["model_args"]).to(device)
+            model.load_state_dict(weights["ema"]["shadow"])
+            logits, prob_adapted = predict_and_adapt(model, dev, beats, table, device)
+            fold_raw.append(softmax(logits.astype(np.float64), axis=1))
+            fold_adapted.append(prob_adapted)
+        raw.append(geometric_mean(fold_raw))
+        adapted.append(geometric_mean(fold_adapted))
+    return fold_average(raw), fold_average(adapted)
+
+
+def main(args) -> Path:
     configure_threads()
-    device = select_device(device)
-    folders, final = final_runs(run_root)
+    device = select_device(args.device)
+    root = results_dir("q2", resolve_source(args.trained_on), args.results_root)
+    final = read_final(root)
+    source = resolve_source(args.data)
     records = load_records(source)
     table = build_table(records)
-    dev = table_to_device(table, device)
-    beats = np.arange(len(table.label))
-    probs, adapted = [], []
-    for folder in folders:
-        weights = load_weights(folder / "best.pt", device)
-        model = build_model(**weights["model_args"]).to(device)
-        model.load_state_dict(weights["ema"]["shadow"])
-        out, out_adapted = predict_and_adapt(model, dev, beats, table, device)
-        probs.append(softmax(out.astype(np.float64), axis=1))
-        adapted.append(out_adapted)
-    roles = np.where(table.scored, "test", "unscored")     # UNK rows are never scored
-    path = save_predictions(out_dir / "predictions.npz", records, table, beats, roles,
-                            np.log(geometric_mean(probs)), model=final["model"],
-                            split_id="external", data_tag=source.tag,
-                            adapted=geometric_mean(adapted))
-    print(f"final {final['model']} ({', '.join(f.name for f in folders)}) predicted "
-          f"{len(beats)} beats of {source.label}")
-    return path, final
+    beats = np.flatnonzero(table.scored)
+    raw, adapted = deployed_probabilities(root, final, table_to_device(table, device), beats,
+                                          table, device)
+    prob = np.full((len(table.label), 3), np.nan, np.float32)
+    prob[beats] = adapted if final["adapt"] else raw
+    pred, p_abnormal = np.full(len(prob), -1), np.full(len(prob), np.nan)
+    pred[beats], p_abnormal[beats] = decide(prob[beats], final["logit_bias"])
+    path = save_external(Path(args.out), records, table, pred, p_abnormal, prob,
+                         {k: final[k] for k in ("data_source", "git_commit", "model", "seed",
+                                                "adapt", "logit_bias")}, source.tag)
+    print(f"deployed {final['model']} ({len(final['folds'])} fold models, trained on "
+          f"{final['data_label']}) predicted {len(beats)} scored beats of {source.label}; "
+          f"written to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    cli.run_main(lambda: main(parse_args()))

@@ -67,25 +67,87 @@ def ranking_metrics(y_true: np.ndarray, p_abnormal: np.ndarray) -> dict[str, flo
             "auprc": float(average_precision_score(abnormal, p_abnormal))}
 
 
-BIAS_GRID = np.linspace(-4, 4, 33)
+MIN_CLASS_BEATS = 20     # a database's SVEB or VEB F1 counts when it has this many such beats
 
 
-def tune_logit_bias(logits: np.ndarray, y_true: np.ndarray, grid: np.ndarray = BIAS_GRID
-                    ) -> np.ndarray:
-    """Additive biases (0, b1, b2) for the SVEB and VEB logits maximising the mean of their F1.
+class SelectionScore:
+    """The score every Q2 choice maximises on inner validation (epoch, model, decision biases,
+    adaptation): the mean over databases of each database's mean F1 of SVEB and VEB.
 
-    Fitted on validation beats only. Training re-weights classes, which shifts the decision
-    boundary towards the rare classes; these two numbers move it back to where F1 is best.
+    Each database counts once whatever its size, so the choice favours what transfers across
+    populations instead of what suits the largest one. Within a database only the classes with
+    at least MIN_CLASS_BEATS true beats count (a database whose inner validation holds 3 SVEB
+    beats cannot judge SVEB). When one of `databases` has no rows or no such class, the score
+    falls back to the pooled mean F1 of SVEB and VEB, and `kind` / `reason` say so.
+
+    y: (n,) true class 0..2; db: (n,) database of each row; databases: those that must count.
     """
-    best, best_bias = -1.0, np.zeros(3)
-    for b1 in grid:
-        for b2 in grid:
-            bias = np.array([0.0, b1, b2])
-            s = summary_from_confusion(confusion(y_true, (logits + bias).argmax(1)))
-            score = np.nan_to_num(s["abnormal_macro_f1"])
-            if score > best + 1e-9:
-                best, best_bias = score, bias
-    return best_bias
+
+    def __init__(self, y: np.ndarray, db: np.ndarray, databases):
+        self.databases = sorted(str(d) for d in databases)
+        self.y = np.asarray(y)
+        self.db_index = np.searchsorted(self.databases, np.asarray(db).astype(str))
+        known = np.isin(np.asarray(db).astype(str), self.databases)
+        self.db_index[~known] = len(self.databases)          # rows of other databases
+        true = np.zeros((len(self.databases) + 1, 3), np.int64)
+        np.add.at(true, (self.db_index, self.y), 1)
+        self.covered = true[:-1, 1:] >= MIN_CLASS_BEATS       # (D, 2): SVEB, VEB
+        lacking = [d for d, c in zip(self.databases, self.covered) if not c.any()]
+        self.kind = "pooled" if lacking or not self.databases else "database-balanced"
+        self.reason = (f"inner validation of {', '.join(lacking)} has fewer than "
+                       f"{MIN_CLASS_BEATS} SVEB and VEB beats: the pooled score is used"
+                       if lacking else None)
+
+    def confusions(self, pred: np.ndarray) -> np.ndarray:
+        """(D + 1, 3, 3) confusion matrix of each database (the last: rows of no database)."""
+        codes = self.db_index * 9 + self.y * 3 + np.asarray(pred)
+        return np.bincount(codes, minlength=(len(self.databases) + 1) * 9).reshape(-1, 3, 3)
+
+    def __call__(self, pred: np.ndarray) -> float:
+        cm = self.confusions(pred)
+        if self.kind == "pooled":
+            return float(np.nan_to_num(summary_from_confusion(cm.sum(0))["abnormal_macro_f1"]))
+        s = summary_from_confusion(cm[:-1])
+        f1 = np.nan_to_num(np.stack([s["SVEB_f1"], s["VEB_f1"]], axis=1))   # (D, 2)
+        return float(np.mean((f1 * self.covered).sum(1) / self.covered.sum(1)))
+
+    def per_database(self, pred: np.ndarray) -> dict[str, dict[str, float]]:
+        """{database: {SVEB_f1, VEB_f1, SVEB_beats, VEB_beats}} (F1 NaN where undefined)."""
+        cm = self.confusions(pred)
+        out = {}
+        for k, d in enumerate(self.databases):
+            s = summary_from_confusion(cm[k])
+            out[d] = {"SVEB_f1": float(s["SVEB_f1"]), "VEB_f1": float(s["VEB_f1"]),
+                      "SVEB_beats": int(cm[k, 1].sum()), "VEB_beats": int(cm[k, 2].sum())}
+        return out
+
+
+BIAS_COARSE = np.linspace(-4, 4, 17)         # the stability grid (step 0.5)
+BIAS_FINE = np.linspace(-0.5, 0.5, 9)        # refined around the coarse optimum (step 0.125)
+
+
+def tune_logit_bias(logits: np.ndarray, score) -> tuple[np.ndarray, np.ndarray]:
+    """Additive biases (0, b1, b2) for the SVEB and VEB logits maximising `score(pred)`.
+
+    logits: (n, 3) log-probabilities (or logits) of validation beats; score: e.g. a
+    SelectionScore. Training re-weights classes, which shifts the decision boundary towards
+    the rare classes; these two numbers move it back to where the score is best. A coarse grid
+    (BIAS_COARSE, both axes) is searched, then a finer one around its optimum. Returns (the
+    bias (3,), the coarse grid's scores (17, 17), rows b1, columns b2): how flat the optimum
+    is, i.e. how much the choice matters.
+    """
+    def at(b1: float, b2: float) -> float:
+        return score((logits + np.array([0.0, b1, b2])).argmax(1))
+    coarse = np.array([[at(b1, b2) for b2 in BIAS_COARSE] for b1 in BIAS_COARSE])
+    i, j = np.unravel_index(np.argmax(coarse), coarse.shape)
+    best, best_bias = coarse[i, j], np.array([0.0, BIAS_COARSE[i], BIAS_COARSE[j]])
+    centre = best_bias.copy()
+    for d1 in BIAS_FINE:
+        for d2 in BIAS_FINE:
+            value = at(centre[1] + d1, centre[2] + d2)
+            if value > best + 1e-9:
+                best, best_bias = value, np.array([0.0, centre[1] + d1, centre[2] + d2])
+    return best_bias, coarse
 
 
 def ranking_bootstrap(y_true: np.ndarray, p_abnormal: np.ndarray, record: np.ndarray,

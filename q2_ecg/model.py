@@ -1,9 +1,10 @@
-"""Q2 models: a 1-D ResNet beat classifier, the same with a transformer over neighbouring beats,
-and an autoencoder trained on normal beats only (its reconstruction error is an anomaly score).
+"""Q2 models: a 1-D ResNet beat classifier, and the same with a transformer over neighbouring
+beats.
 
-All take a chunk of L consecutive beats: waveforms (B, L, C, W) float32 of amplitude-scaled
-signal at 128 Hz (channel 0 the beat, channel 1 its record's median beat) and RR features
-(B, L, F) (see beats.RR_NAMES). The plain ResNet uses L = 1.
+Both take a chunk of L consecutive beats: waveforms (B, L, C, W) float32 of amplitude-scaled
+signal at 128 Hz (channel 0 the beat, channel 1 its record's median beat) and every RR feature
+of the beat table (B, L, len(beats.RR_NAMES)), of which the model reads the set its config
+names (beats.RR_SETS). The plain ResNet uses L = 1.
 1-D ResNet: He et al. 2016, as applied to ECG by Hannun et al. 2019. Context transformer:
 Vaswani et al. 2017; SVEB is defined relative to the neighbouring beats (premature against the
 running sinus rhythm), so letting each beat attend to its neighbours is the natural next step.
@@ -16,20 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from q2_ecg.beats import RR_NAMES
-
-# channel 0 of a beat's input: the R-centred window, or (the ablation, which changes nothing
-# else) the zero-padded split_by_beat segment; both keep the RR features and the template
-REPRESENTATIONS = ("window", "segment")
+from q2_ecg.beats import RR_NAMES, RR_SETS
 
 
 @dataclass
 class BeatNetConfig:
     window: int = 256                 # samples per beat input
-    representation: str = "window"    # channel 0: "window" (R-centred) | "segment" (ablation)
     channels: tuple = (32, 64, 128)   # per ResNet stage; each stage halves the length
     kernel: int = 7
-    rr_features: int = len(RR_NAMES)  # 0: waveform only
+    rr_set: str = "record"            # which RR features it reads (beats.RR_SETS)
     template: bool = True             # second input channel: the record's median beat
     embed: int = 64                   # width of a beat's token
     context: int = 1                  # L, beats per chunk
@@ -37,13 +33,14 @@ class BeatNetConfig:
     heads: int = 4
     dropout: float = 0.1
     n_classes: int = 3
-    autoencoder: bool = False
-    latent: int = 16                  # autoencoder bottleneck
 
     def __post_init__(self):
-        if self.representation not in REPRESENTATIONS:
-            raise ValueError(f"representation {self.representation!r}, expected one of "
-                             f"{REPRESENTATIONS}")
+        if self.rr_set not in RR_SETS:
+            raise ValueError(f"rr_set {self.rr_set!r}, expected one of {sorted(RR_SETS)}")
+
+    @property
+    def rr_names(self) -> tuple[str, ...]:
+        return RR_SETS[self.rr_set]
 
 
 class ResBlock1d(nn.Module):
@@ -98,14 +95,17 @@ class RRNorm(nn.Module):
 
 
 class BeatClassifier(nn.Module):
-    """(B, L, C, W) waveforms, (B, L, F) RR -> (B, L, n_classes) logits, one per beat."""
+    """(B, L, C, W) waveforms, (B, L, len(RR_NAMES)) RR -> (B, L, n_classes) logits, one per beat."""
 
     def __init__(self, cfg: BeatNetConfig):
         super().__init__()
         self.cfg = cfg
+        n_rr = len(cfg.rr_names)
+        self.register_buffer("rr_index", torch.tensor([RR_NAMES.index(n) for n in cfg.rr_names]),
+                             persistent=False)
         self.encoder = BeatEncoder(cfg)
-        self.rr_norm = RRNorm(cfg.rr_features)
-        self.token = nn.Sequential(nn.Linear(cfg.embed + cfg.rr_features, cfg.embed), nn.GELU(),
+        self.rr_norm = RRNorm(n_rr)
+        self.token = nn.Sequential(nn.Linear(cfg.embed + n_rr, cfg.embed), nn.GELU(),
                                    nn.Dropout(cfg.dropout))
         if cfg.context_layers:
             self.pos = nn.Parameter(torch.zeros(1, cfg.context, cfg.embed))
@@ -117,16 +117,20 @@ class BeatClassifier(nn.Module):
                                                  enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(cfg.embed), nn.Linear(cfg.embed, cfg.n_classes))
 
+    def fit_rr(self, rr: torch.Tensor) -> None:
+        """Standardise with the training beats' RR features (n, len(RR_NAMES))."""
+        self.rr_norm.fit(rr[:, self.rr_index])
+
     def embed(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
-        """(B, L, C, W), (B, L, F) -> (B, L, embed): each beat's token, what the head reads.
+        """(B, L, C, W), (B, L, len(RR_NAMES)) -> (B, L, embed): each beat's token, what the
+        head reads.
 
         Morphology and rhythm in one vector, after the context layers: what label-free
         test-time adaptation (q2_ecg.adapt) clusters a record's beats on.
         """
         b, length = windows.shape[:2]
         tokens = self.encoder(windows.flatten(0, 1)).reshape(b, length, -1)
-        if self.cfg.rr_features:
-            tokens = torch.cat([tokens, self.rr_norm(rr)], dim=-1)
+        tokens = torch.cat([tokens, self.rr_norm(rr[..., self.rr_index])], dim=-1)
         tokens = self.token(tokens)                                      # (B, L, embed)
         if self.cfg.context_layers:
             tokens = self.context(tokens + self.pos[:, :length])
@@ -136,51 +140,16 @@ class BeatClassifier(nn.Module):
         return self.head(self.embed(windows, rr))
 
 
-class BeatAutoencoder(nn.Module):
-    """Normal-beat autoencoder. (B, L, C, W), (B, L, F) -> anomaly score (B, L).
-
-    The beat (given its record's median beat as a second channel) and the standardised RR
-    features go through a 16-number bottleneck; a beat unlike the normal beats it was trained on
-    (odd shape or odd timing) is reconstructed badly. Only the beat itself is reconstructed.
-    """
-
-    def __init__(self, cfg: BeatNetConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = BeatEncoder(cfg)
-        self.rr_norm = RRNorm(cfg.rr_features)
-        self.bottleneck = nn.Linear(cfg.embed + cfg.rr_features, cfg.latent)
-        self.decoder = nn.Sequential(nn.Linear(cfg.latent, 256), nn.GELU(),
-                                     nn.Linear(256, cfg.window + cfg.rr_features))
-
-    def reconstruction_errors(self, windows: torch.Tensor, rr: torch.Tensor
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean squared errors (B, L) of the waveform and of the standardised RR features."""
-        b, length, _, w = windows.shape
-        rr = self.rr_norm(rr)
-        z = self.bottleneck(torch.cat([self.encoder(windows.flatten(0, 1)),
-                                       rr.reshape(b * length, -1)], dim=1))
-        out = self.decoder(F.gelu(z)).reshape(b, length, -1)
-        beat = windows[:, :, 0]
-        return ((out[..., :w] - beat) ** 2).mean(-1), ((out[..., w:] - rr) ** 2).mean(-1)
-
-    def forward(self, windows: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
-        wave, timing = self.reconstruction_errors(windows, rr)
-        return wave + timing
-
-
 MODELS = {
     "resnet": BeatNetConfig(),
     "context": BeatNetConfig(context=32, context_layers=2),
-    "segment": BeatNetConfig(representation="segment"),
-    "autoencoder": BeatNetConfig(autoencoder=True),
 }
 
 
 def build_model(**model_args) -> nn.Module:
     """Rebuild a model from the `model_args` stored in its checkpoint."""
     cfg = BeatNetConfig(**{**model_args, "channels": tuple(model_args.get("channels", (32, 64, 128)))})
-    return BeatAutoencoder(cfg) if cfg.autoencoder else BeatClassifier(cfg)
+    return BeatClassifier(cfg)
 
 
 def model_args(name: str, **overrides) -> dict:

@@ -7,7 +7,7 @@ from scipy.special import softmax
 
 from common.runtime import autocast
 from q2_ecg.adapt import reconcile_by_cluster
-from q2_ecg.beats import centred_windows, segment_windows
+from q2_ecg.beats import centred_windows
 
 
 def record_bounds(record: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,16 +25,11 @@ def chunk_indices(starts: np.ndarray, length: int, last: np.ndarray) -> np.ndarr
 
 def inputs(dev: dict, idx: torch.Tensor, cfg, shift: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs for beats `idx` (B, L): waveforms (B, L, C, W) and RR features (B, L, F).
-
-    Channel 0 is the beat: the R-centred window, or the split_by_beat segment when
-    `cfg.representation == "segment"`; with `cfg.template` channel 1 is its record's median
-    beat. The RR features are the same for both representations.
+    """Model inputs for beats `idx` (B, L): waveforms (B, L, C, W) and every RR feature
+    (B, L, len(RR_NAMES)). Channel 0 is the R-centred window; with `cfg.template` channel 1 is
+    its record's median beat.
     """
-    if cfg.representation == "segment":
-        waves = segment_windows(dev, idx, shift)[..., None, :]
-    else:
-        waves = centred_windows(dev, idx, shift)[..., None, :]
+    waves = centred_windows(dev, idx, shift)[..., None, :]
     if cfg.template:
         waves = torch.cat([waves, dev["template"][dev["record"][idx]][..., None, :]], dim=-2)
     return waves, dev["rr"][idx]
@@ -65,8 +60,8 @@ def chunk_plan(beats: np.ndarray, record: np.ndarray, length: int
 @torch.no_grad()
 def predict(model: torch.nn.Module, dev: dict, beats: np.ndarray, record: np.ndarray,
             device: torch.device, batch_beats: int = 4096) -> np.ndarray:
-    """Model output for each beat in `beats` (sorted global indices): (n, classes) logits, or
-    (n,) anomaly scores for the autoencoder. Chunk layout: `chunk_plan`."""
+    """Model output for each beat in `beats` (sorted global indices): (n, classes) logits.
+    Chunk layout: `chunk_plan`."""
     return _run(model, model, dev, beats, record, device, batch_beats)[0]
 
 
@@ -101,14 +96,10 @@ def _run(model: torch.nn.Module, fn, dev: dict, beats: np.ndarray, record: np.nd
 
 
 def predict_and_adapt(model: torch.nn.Module, dev: dict, beats: np.ndarray, table,
-                      device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Outputs for `beats` and, for a classifier, its probabilities after label-free
-    per-record cluster reconciliation (q2_ecg.adapt); `beats` should hold whole records.
-
-    Returns (logits (n, 3) or anomaly scores (n,), adapted probabilities (n, 3) or None).
+                      device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (n, 3) for `beats` and the probabilities (n, 3) after label-free per-record
+    cluster reconciliation (q2_ecg.adapt); `beats` should hold whole records.
     """
-    if model.cfg.autoencoder:
-        return predict(model, dev, beats, table.record, device), None
     logits, emb = predict_embedded(model, dev, beats, table.record, device)
     prob = softmax(logits.astype(np.float64), axis=1)
     return logits, reconcile_by_cluster(emb, table.rr[beats], prob, table.record[beats])

@@ -39,7 +39,7 @@ def _first_seed(entry: dict) -> dict:
 
 def _headline(metrics: dict) -> list[tuple[str, dict]]:
     """k-fold methods whose every fold ran (incomplete ones appear only where said); named
-    variants of a model (the imbalance comparison) have a table of their own."""
+    variants of a model (the ablations) have a table of their own."""
     return [(n, m) for n, m in metrics["models"]["kfold"].items()
             if not _first_seed(m).get("problems") and not m.get("variant")]
 
@@ -58,12 +58,10 @@ def models_table(metrics: dict) -> Markdown:
     for name, m in _headline(metrics):
         seed = _first_seed(m)
         epochs = [e for e in seed["best_epoch"].values() if e]
-        inner = [t["val_score"] for t in seed["tuned"].values() if "val_score" in t]
         rows.append([name, m.get("parameters"), " / ".join(str(e) for e in epochs) or None,
-                     seed["wall_time_s"] or None, sum(inner) / len(inner) if inner else None,
-                     m["description"]])
+                     seed["wall_time_s"] or None, seed["rule"]["score"], m["description"]])
     return table(["method", "parameters", "best epoch per fold", "training time, all folds (s)",
-                  "inner-validation mean F1 (SVEB, VEB)", "what it is"], rows)
+                  "inner-validation selection score", "what it is"], rows)
 
 
 def group_table(metrics: dict, group: str) -> Markdown:
@@ -141,9 +139,10 @@ def adaptation_table(metrics: dict) -> Markdown:
     rows = []
     for name, m in _headline(metrics):
         seed = _first_seed(m)
-        if "adapted" in seed:
-            for how, s in (("without", seed["pooled"]), ("with", seed["adapted"]["pooled"])):
-                rows.append([name, how] + [s[k]["value"] if k in s else None for k in HEAD])
+        if "by_adaptation" in seed:
+            for how, s in (("without", seed["by_adaptation"]["raw"]["pooled"]),
+                           ("with", seed["by_adaptation"]["adapted"]["pooled"])):
+                rows.append([name, how] + [s.get(k) for k in HEAD])
     return table(["method", "adaptation"] + [label(k) for k in HEAD], rows)
 
 
@@ -157,24 +156,6 @@ def contrast_table(metrics: dict, scheme: str) -> Markdown:
                 t = _first_seed(entry)["pooled"]
                 rows.append([name, what] + [t[k]["value"] if k in t else None for k in HEAD])
     return table(["method", "scheme"] + [label(k) for k in HEAD], rows)
-
-
-def imbalance_table(metrics: dict) -> Markdown:
-    """The ResNet under each way of handling the imbalance, on the folds every variant ran:
-    the inner-validation score (what a choice may use) beside the held-out fold values."""
-    variants = {n: _first_seed(m) for n, m in metrics["models"]["kfold"].items()
-                if n.startswith("resnet") and m.get("imbalance")}
-    if not variants:
-        return table(["method"], [])
-    common = sorted(set.intersection(*(set(s["per_fold"]) for s in variants.values())))
-    rows = []
-    for name, seed in variants.items():
-        inner = [seed["tuned"][f]["val_score"] for f in common]
-        held = [[seed["per_fold"][f].get(k) for f in common] for k in ("SVEB_f1", "VEB_f1")]
-        rows.append([name, metrics["models"]["kfold"][name]["imbalance"], ", ".join(common),
-                     sum(inner) / len(inner)] + [sum(v) / len(v) for v in held])
-    return table(["method", "imbalance handling", "folds", "inner-validation mean F1 (SVEB, VEB)",
-                  "held-out SVEB F1 (fold mean)", "held-out VEB F1 (fold mean)"], rows)
 
 
 def template_dataset(source: DataSource):

@@ -7,7 +7,6 @@ Schemes (each a list of "folds", one training run per fold):
          biases, model choice).
   lodo   leave one database out: fold d tests every record of database d, trains on the others.
   beat   the leaky contrast: beats assigned at random, so one person's beats sit on all sides.
-  all    one fold, every record trains (the deployable final model; nothing is held out).
 Folds are grouped by person and balanced on (database, class) of the scored beats.
 
 The split file, results/q2/<source>/splits/<scheme>-seed<s>.json, is written once; later runs
@@ -30,7 +29,8 @@ from q2_ecg.persons import group_persons
 ROLES = ("train", "val", "test")
 INNER_FOLDS = 6                 # inner validation = 1/6 of a fold's training persons
 DATABASES = ("mitdb_npy", "svdb_npy", "incartdb_npy")
-SCHEMES = ("kfold", "lodo", "beat", "all")
+SCHEMES = ("kfold", "lodo", "beat")
+PERSON_WEIGHT = 10              # balancing folds: a person against a database's class shares
 _ROLE_CODE = {"train": "r", "val": "v", "test": "t"}
 
 
@@ -44,23 +44,34 @@ def _group_folds(records: ECGRecords, table: BeatTable, persons: np.ndarray, cho
                  k: int, seed: int) -> np.ndarray:
     """(R,) fold 0..k-1 of each record in `chosen` (bool, (R,)), -1 elsewhere; folds by person.
 
-    Persons are taken in a seeded random order and each goes to the fold where it least
-    unbalances the folds' shares of every (database, class) stratum and of persons; so each
-    fold gets its share of SVEB and VEB beats from every database, and the seed really changes
-    the split (sklearn's StratifiedGroupKFold barely depends on its seed).
+    Database by database, persons are taken in a seeded random order and each goes to the fold
+    where it least unbalances the folds' shares of that database's persons and of its SVEB,
+    VEB and normal beats (the persons weigh PERSON_WEIGHT times as much). So every fold gets
+    its share of each database's persons, whose inner validation can then judge it, and of its
+    abnormal beats; and the seed really changes the split (sklearn's StratifiedGroupKFold
+    barely depends on its seed).
     """
     who, inverse = np.unique(persons[chosen], return_inverse=True)
     rec_person = np.full(len(records), -1)
     rec_person[chosen] = inverse
     beats = table.scored & chosen[table.record]
-    counts = np.zeros((len(who), len(DATABASES) * 3 + 1))
+    counts = np.zeros((len(who), len(DATABASES) * 3))
     np.add.at(counts, (rec_person[table.record[beats]], _strata(records, table)[beats]), 1)
-    counts[:, -1] = 1                                          # one person
-    share = counts / counts.sum(0).clip(1)
-    totals, person_fold = np.zeros((k, counts.shape[1])), np.zeros(len(who), np.int64)
-    for p in np.random.default_rng(seed).permutation(len(who)):
-        person_fold[p] = np.argmin(((totals + share[p]) ** 2 - totals ** 2).sum(1))
-        totals[person_fold[p]] += share[p]
+    person_db = np.zeros(len(who), np.int64)
+    person_db[inverse] = np.searchsorted(np.array(DATABASES), records.source_db[chosen])
+    person_fold = np.zeros(len(who), np.int64)
+    order = np.random.default_rng(seed).permutation(len(who))
+    for d in range(len(DATABASES)):
+        mine = order[person_db[order] == d]
+        if not len(mine):
+            continue
+        block = np.c_[counts[mine, 3 * d:3 * d + 3], np.ones(len(mine))]
+        share = block / block.sum(0).clip(1)
+        share[:, -1] *= PERSON_WEIGHT
+        totals = np.zeros((k, share.shape[1]))
+        for p, row in zip(mine, share):
+            person_fold[p] = np.argmin(((totals + row) ** 2 - totals ** 2).sum(1))
+            totals[person_fold[p]] += row
     return np.where(chosen, person_fold[rec_person], -1)
 
 
@@ -75,8 +86,6 @@ def record_roles(records: ECGRecords, table: BeatTable, persons: np.ndarray, sch
     """Fold names and, per fold, the (R,) role of every record ("train" / "val" / "test")."""
     everyone = np.ones(len(records), bool)
     n_persons = len(np.unique(persons))
-    if scheme == "all":
-        return ["all"], [np.full(len(records), "train", "<U5")]
     if scheme == "kfold":
         require_persons(n_persons, 2 * folds, f"a {folds}-fold cross-validation")
         outer = _group_folds(records, table, persons, everyone, folds, seed)
@@ -193,10 +202,11 @@ def open_split(root: Path, data_tag: str, records: ECGRecords, table: BeatTable,
 
 
 def run_entry(split: dict, path: Path, fold: str, records: ECGRecords, table: BeatTable) -> dict:
-    """What a run folder's split.json holds: its fold's assignment and where it came from."""
+    """What a run folder's split.json holds: its fold's assignment, the person of every record
+    (evaluation resamples persons) and where it came from."""
     has_beats = np.zeros(len(records), bool)
     has_beats[table.record[table.scored]] = True
     return {"split_file": path.name, "split_id": split_id(split, fold), "fold": fold,
-            "grouping": split["grouping"],
+            "grouping": split["grouping"], "persons": split["persons"],
             "records_without_scored_beats": records.patient_id[~has_beats].tolist(),
             **split["folds"][fold]}

@@ -2,13 +2,13 @@
 
     python -m q2_ecg.train --data ../shared/data/ecg --model resnet --split kfold --fold 0
     python -m q2_ecg.train --data ../shared/data/ecg --model context --split lodo --fold mitdb
-    python -m q2_ecg.train --data ../shared/data/ecg --split all --from-cv   # the final model
 
 Every beat's window is gathered from one signal tensor on the device, so a batch is an index
-draw. Early stopping on the inner-validation F1 averaged over SVEB and VEB; the best epoch's EMA
-weights are kept. The split comes from the split file (q2_ecg.splits), written once per scheme
-and seed. Writes results/q2/<source>/<run>/: split.json, checkpoint.pt, best.pt, history.csv,
-summary.json and predictions.npz (inner-validation and test beats; q2_ecg.eval reads it).
+draw. Early stopping on the inner-validation selection score (the mean over databases of the
+mean F1 of SVEB and VEB: metrics.SelectionScore); the best epoch's EMA weights are kept. The
+split comes from the split file (q2_ecg.splits), written once per scheme and seed. Writes
+results/q2/<source>/<run>/: split.json, checkpoint.pt, best.pt, history.csv, summary.json and
+predictions.npz (inner-validation and test beats; q2_ecg.eval reads it).
 
 On CUDA the defaults use the device: batches of 4,096 beats (the learning rate scaled by
 sqrt(4096 / 512)), the model torch.compiled, fused AdamW, bf16 autocast and a step without
@@ -47,22 +47,21 @@ from common.runtime import (
     set_rng_state,
 )
 from common.schedule import warmup_cosine
-from common.splitfile import cv_choice
 from q2_ecg import splits
-from q2_ecg.beats import build_table, table_to_device
+from q2_ecg.beats import RR_SETS, build_table, table_to_device
 from q2_ecg.data import load_records, resolve_source
-from q2_ecg.metrics import confusion, summary_from_confusion
+from q2_ecg.metrics import SelectionScore, confusion, summary_from_confusion
 from q2_ecg.model import MODELS, build_model, model_args
-from q2_ecg.predict import chunk_indices, inputs, predict, predict_and_adapt, record_bounds
+from q2_ecg.predict import inputs, predict, predict_and_adapt, record_bounds
 from q2_ecg.prediction_file import save_predictions
 
 LODO_FOLDS = [db.removesuffix("_npy") for db in splits.DATABASES]
-IMBALANCE = ("weight", "sample", "logit-adjust")
 OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv")
 MONITORED = ("abnormal_macro_f1", "macro_f1", "NOR_f1", "SVEB_f1", "VEB_f1", "normal_f1",
              "abnormal_f1", "abnormal_se", "abnormal_ppv")
 BATCH = {"cpu": 512, "cuda": 4096}     # --batch-beats auto, per device
-PER_EPOCH = 30_000                       # --beats-per-epoch auto at the CPU batch
+PER_EPOCH = 30_000                       # --beats-per-epoch auto under --budget cpu
+BUDGETS = ("cpu", "full")                # --budget auto: full on CUDA, cpu on the CPU
 BASE_LR = 2e-3                         # --lr auto at the CPU batch
 
 
@@ -73,18 +72,18 @@ def parse_args(argv=None, kind: str | None = None):
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="resnet")
     p.add_argument("--split", choices=splits.SCHEMES, default="kfold",
-                   help="kfold | lodo (leave one database out) | beat (leaky) | all (final model)")
+                   help="kfold | lodo (leave one database out) | beat (leaky)")
     p.add_argument("--folds", type=cli.count, default=5, help="K of the k-fold scheme")
     p.add_argument("--fold", default=None,
                    help="kfold: 0..K-1; lodo: " + " | ".join(LODO_FOLDS))
     p.add_argument("--name", default=None, help="extra word in the run folder (ablations)")
-    p.add_argument("--from-cv", action="store_true",
-                   help="--split all: take model, epochs and decision biases from the "
-                        "cross-validation's metrics.json")
     p.add_argument("--epochs", type=cli.count, default=8, help="at most; early stopping may end sooner")
+    p.add_argument("--budget", choices=("auto",) + BUDGETS, default="auto",
+                   help=f"cpu: epochs of {PER_EPOCH:,} beats (sized so make q2 fits 2 CPU "
+                        "cores); full: epochs of one pass over the training beats; auto: full "
+                        "on CUDA, cpu on the CPU")
     p.add_argument("--beats-per-epoch", type=cli.auto_or(cli.count), default="auto",
-                   help=f"training beats per epoch; auto: {PER_EPOCH:,} at the CPU batch, scaled "
-                        "with --batch-beats so an epoch keeps its number of optimiser steps")
+                   help="training beats per epoch; auto: as --budget says")
     p.add_argument("--batch-beats", type=cli.auto_or(cli.count), default="auto",
                    help="beats per batch (the context model gets batch-beats / L chunks); "
                         f"auto: {BATCH['cpu']} on the CPU, {BATCH['cuda']} on CUDA")
@@ -94,14 +93,14 @@ def parse_args(argv=None, kind: str | None = None):
                         f"{BASE_LR * (BATCH['cuda'] / BATCH['cpu']) ** 0.5:.2g}); an explicit "
                         f"--batch-beats keeps {BASE_LR:g}")
     p.add_argument("--weight-decay", type=cli.non_negative, default=1e-3)
-    p.add_argument("--imbalance", choices=IMBALANCE, default="weight",
-                   help="weight: class-weighted loss; sample: class-balanced sampling; "
-                        "logit-adjust: loss on logits + log prior (Menon et al. 2021)")
     p.add_argument("--class-weight-power", type=cli.non_negative, default=0.5,
-                   help="weights / sampling rates = frequency ** -power (1: fully balanced)")
+                   help="the loss weighs each class by frequency ** -power (1: fully balanced)")
     p.add_argument("--patience", type=cli.count, default=3, help="epochs without validation gain")
     p.add_argument("--ema-decay", type=cli.fraction, default=0.995)
     p.add_argument("--channels", type=cli.count, nargs=3, default=None, help="ResNet stage widths")
+    p.add_argument("--rr-set", choices=sorted(RR_SETS), default=None,
+                   help="RR features the model reads (q2_ecg.beats.RR_SETS; default: the "
+                        "model's own)")
     p.add_argument("--max-monitor-beats", type=cli.count, default=None,
                    help="score at most this many validation beats per epoch (quick runs)")
     p.add_argument("--resume", action="store_true",
@@ -114,10 +113,8 @@ def parse_args(argv=None, kind: str | None = None):
         p.error(f"--split kfold needs --fold 0..{args.folds - 1} (got {args.fold})")
     if args.split == "lodo" and args.fold not in LODO_FOLDS:
         p.error(f"--split lodo needs --fold {' | '.join(LODO_FOLDS)} (got {args.fold})")
-    if args.split in ("beat", "all") and args.fold is not None:
-        p.error(f"--split {args.split} has a single fold: drop --fold")
-    if args.from_cv and args.split != "all":
-        p.error("--from-cv goes with --split all")
+    if args.split == "beat" and args.fold is not None:
+        p.error("--split beat has a single fold: drop --fold")
     if args.split == "kfold" and args.folds < 2:
         p.error("--folds must be at least 2")
     resolve_device_defaults(args, kind or device_type(args.device))
@@ -129,12 +126,14 @@ def parse_args(argv=None, kind: str | None = None):
 
 
 def resolve_device_defaults(args, kind: str) -> None:
-    """Replace the auto batch, learning rate, beats per epoch and compile by their values on
-    `kind`."""
+    """Replace the auto batch, learning rate, budget and compile by their values on `kind`.
+    Under the full budget the beats per epoch stay "auto" until the data is read (one pass)."""
     args.batch_beats, args.lr = device_batch(args.batch_beats, args.lr, kind, BATCH["cpu"],
                                              BATCH["cuda"], BASE_LR)
-    if args.beats_per_epoch == "auto":     # the same optimiser steps per epoch on every device
-        args.beats_per_epoch = PER_EPOCH * args.batch_beats // BATCH["cpu"]
+    if args.budget == "auto":
+        args.budget = "full" if kind == "cuda" else "cpu"
+    if args.beats_per_epoch == "auto" and args.budget == "cpu":
+        args.beats_per_epoch = PER_EPOCH
     args.compile = compile_enabled(args.compile, kind)
 
 
@@ -146,31 +145,8 @@ def fold_name(args) -> str:
 
 def run_folder_name(args) -> str:
     scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
-    fold = None if args.split in ("beat", "all") else fold_name(args)
+    fold = None if args.split == "beat" else fold_name(args)
     return run_name(args.model, args.name, scheme, fold, f"seed{args.seed}")
-
-
-def apply_cv_choice(args, root) -> dict:
-    """--from-cv: the chosen configuration of the cross-validation (model, epochs, biases). For
-    an ensemble, `args.model` names the member to train and gets that member's epochs."""
-    final = cv_choice(root, "q2")
-    if final.get("members"):
-        if args.model not in final["members"]:
-            raise cli.DataError(f"--from-cv: the chosen ensemble's members are "
-                                f"{list(final['members'])}, not {args.model}")
-        args.epochs = int(final["members"][args.model])
-    else:
-        args.model, args.epochs = final["model"], int(final["epochs"])
-    return final
-
-
-def main(args) -> list[dict]:
-    """Train the run `args` describes; with --from-cv and an ensemble chosen, each member."""
-    if not args.from_cv:
-        return [train(args)]
-    final = cv_choice(results_dir("q2", resolve_source(args.data), args.results_root), "q2")
-    models = list(final.get("members") or [final["model"]])
-    return [train(SimpleNamespace(**{**vars(args), "model": m})) for m in models]
 
 
 def class_weights(labels: np.ndarray, power: float) -> torch.Tensor:
@@ -189,7 +165,6 @@ def setup(args) -> SimpleNamespace:
     r = SimpleNamespace(gen=seed_everything(args.seed), device=select_device(args.device))
     r.source = resolve_source(args.data)
     root = results_dir("q2", r.source, args.results_root)
-    r.final_choice = apply_cv_choice(args, root) if args.from_cv else None
     r.out = root / run_folder_name(args)
     records = load_records(r.source)
     r.records, r.table = records, build_table(records)
@@ -205,25 +180,35 @@ def setup(args) -> SimpleNamespace:
     r.split_entry = splits.run_entry(split, split_file, r.fold, records, r.table)
     r.split_id = r.split_entry["split_id"]
     r.split_counts = splits.describe(records, r.table, r.roles)
+    train = r.table.scored & (r.roles == "train")
+    if args.beats_per_epoch == "auto":                           # --budget full: one pass
+        args.beats_per_epoch = int(train.sum())
     r.config = {**vars(args), "data_tag": r.source.tag, "split_id": r.split_id}
     r.dev = table_to_device(r.table, r.device)
-    r.model_args = model_args(args.model, channels=tuple(args.channels) if args.channels else None)
+    r.model_args = model_args(args.model, rr_set=args.rr_set,
+                              channels=tuple(args.channels) if args.channels else None)
     r.model = build_model(**r.model_args).to(r.device)
-    r.autoencoder = r.model.cfg.autoencoder
-    train = r.table.scored & (r.roles == "train") & ((r.table.label == 0) | (not r.autoencoder))
     r.trainable = torch.from_numpy(train).to(r.device)           # beats that carry a loss
-    if r.model.cfg.rr_features:
-        r.model.rr_norm.fit(r.dev["rr"][r.trainable])
+    r.model.fit_rr(r.dev["rr"][r.trainable])
     length = r.model.cfg.context
     first, last = record_bounds(r.table.record)
     starts = np.flatnonzero(train) if length == 1 else np.unique(np.maximum(
         np.minimum(np.flatnonzero(train) - length // 2, last[train] - length + 1), first[train]))
-    r.starts, r.chunk_last = starts, last[starts]
+    as_device = lambda a: torch.as_tensor(a, dtype=torch.int64, device=r.device)  # noqa: E731
+    r.starts, r.chunk_last = as_device(starts), as_device(last[starts])   # (C,) chunk bounds
+    r.offsets = torch.arange(length, device=r.device)
     r.val_beats = np.flatnonzero(r.table.scored & (r.roles == "val"))
     if args.max_monitor_beats and len(r.val_beats) > args.max_monitor_beats:
         r.val_beats = np.sort(np.random.default_rng(0).choice(r.val_beats, args.max_monitor_beats,
                                                               replace=False))
-    r.loss_weight, r.start_p, r.logit_prior = imbalance_terms(args, r, length)
+    if not len(r.val_beats):
+        raise cli.DataError(f"fold {r.fold} has no inner-validation beats: too few records")
+    db = r.records.source_db[r.table.record]
+    r.selection = SelectionScore(r.table.label[r.val_beats], db[r.val_beats],
+                                 np.unique(db[train]))
+    if len(r.val_beats) and r.selection.reason:
+        print(f"notice: {r.selection.reason}")
+    r.loss_weight = class_weights(r.table.label[train], args.class_weight_power).to(r.device)
     r.dgen = device_generator(r.device, args.seed)
     r.ema = ModelEMA(r.model, args.ema_decay)
     r.opt = adamw(r.model.parameters(), r.device, lr=args.lr, weight_decay=args.weight_decay)
@@ -243,34 +228,16 @@ def setup(args) -> SimpleNamespace:
     return r
 
 
-def imbalance_terms(args, r, length: int):
-    """(loss class weights | None, chunk sampling probabilities | None, log prior | None)."""
-    if r.autoencoder:
-        return None, None, None
-    labels = r.table.label[r.trainable.cpu().numpy()]
-    weights = class_weights(labels, args.class_weight_power)
-    if args.imbalance == "weight":
-        return weights.to(r.device), None, None
-    if args.imbalance == "sample":  # a chunk is drawn as often as its middle beat's class asks
-        mid = r.table.label[np.minimum(r.starts + length // 2, r.chunk_last)].clip(0, 2)
-        p = weights.numpy()[mid]
-        return None, torch.from_numpy(p / p.sum()), None
-    prior = np.bincount(labels, minlength=3) / len(labels)
-    return None, None, torch.tensor(np.log(prior), dtype=torch.float32, device=r.device)
-
-
 def train_step(r, chunks: int, length: int) -> torch.Tensor:
-    """One optimiser step on `chunks` random chunks of `length` beats -> loss.
+    """One optimiser step on `chunks` random chunks of `length` beats -> the detached loss.
 
-    Augmentation of the beat channel, drawn on the device: shifted by up to 3 samples (inside
-    its record), scaled by 0.8..1.2 and given white noise of up to 0.05 (in units of the
-    record's R amplitude).
+    Everything is drawn on the device (no host synchronisation): the chunks, and the
+    augmentation of the beat channel, shifted by up to 3 samples (inside its record), scaled by
+    0.8..1.2 and given white noise of up to 0.05 (in units of the record's R amplitude).
     """
-    pick = (torch.multinomial(r.start_p, chunks, replacement=True, generator=r.gen)
-            if r.start_p is not None else torch.randint(0, len(r.starts), (chunks,), generator=r.gen))
-    idx = torch.from_numpy(chunk_indices(r.starts[pick.numpy()], length,
-                                         r.chunk_last[pick.numpy()])).to(r.device)
     g = r.dgen
+    pick = torch.randint(0, len(r.starts), (chunks,), generator=g, device=r.device)
+    idx = torch.minimum(r.starts[pick, None] + r.offsets, r.chunk_last[pick, None])  # (B, L)
     shift = torch.randint(-3, 4, idx.shape, generator=g, device=r.device)
     gain = 0.8 + 0.4 * torch.rand(*idx.shape, 1, generator=g, device=r.device)
     waves, rr = inputs(r.dev, idx, r.model.cfg, shift)
@@ -280,39 +247,34 @@ def train_step(r, chunks: int, length: int) -> torch.Tensor:
     waves = torch.cat([beat[..., None, :], waves[..., 1:, :]], dim=-2)
     with r.amp():
         out = r.step_model(waves, rr).float()
-    loss = beat_loss(r, out, r.dev["label"][idx], r.trainable[idx])
+    loss = beat_loss(out, r.dev["label"][idx], r.trainable[idx], r.loss_weight)
     optimiser_step(loss, r.model, r.opt, r.scaler, r.ema)
     return loss.detach()
 
 
-def beat_loss(r, out: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The loss over the beats of a batch that carry one (`mask`, shape (B, L) like `label`).
+def beat_loss(out: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+              ) -> torch.Tensor:
+    """Class-weighted cross-entropy over the beats of a batch that carry a loss.
 
-    out: (B, L, 3) logits, or (B, L) reconstruction errors of the autoencoder. Boolean
-    indexing would make CUDA wait for the host to learn how many beats the mask keeps, so on
-    CUDA the same mean is taken over every beat with the masked ones weighted 0 (ignore_index);
-    the CPU keeps the indexing, which gives the CPU runs' loss bit for bit.
+    out: (B, L, 3) logits; label, mask: (B, L). The masked beats (context neighbours from
+    inner-validation records, UNK, out-of-range segments) are weighted 0 through ignore_index
+    rather than removed by boolean indexing, which would make CUDA wait for the host to learn
+    how many beats the mask keeps.
     """
-    prior = r.logit_prior if r.logit_prior is not None else 0
-    if r.device.type == "cpu":
-        if r.autoencoder:
-            return out[mask].mean()
-        return F.cross_entropy(out[mask] + prior, label[mask], weight=r.loss_weight)
-    if r.autoencoder:
-        return torch.where(mask, out, 0).sum() / mask.sum()
-    return F.cross_entropy((out + prior).flatten(0, 1), torch.where(mask, label, -100).flatten(),
-                           weight=r.loss_weight, ignore_index=-100)
+    return F.cross_entropy(out.flatten(0, 1), torch.where(mask, label, -100).flatten(),
+                           weight=weight, ignore_index=-100)
 
 
 def validate(r) -> dict:
-    if not len(r.val_beats):                 # the final model has no validation records
-        return {"score": 0.0}
-    out = predict(r.ema.shadow, r.dev, r.val_beats, r.table.record, r.device)
-    y = r.table.label[r.val_beats]
-    if r.autoencoder:  # lower reconstruction error on normal validation beats is better
-        return {"val_normal_error": float(out[y == 0].mean()), "score": -float(out[y == 0].mean())}
-    s = summary_from_confusion(confusion(y, out.argmax(1)))
-    return {**{f"val_{k}": float(s[k]) for k in MONITORED}, "score": float(s["abnormal_macro_f1"])}
+    """Inner-validation metrics of the EMA weights: pooled, per database, and the selection
+    score (metrics.SelectionScore) that early stopping and the best checkpoint follow."""
+    pred = predict(r.ema.shadow, r.dev, r.val_beats, r.table.record, r.device).argmax(1)
+    s = summary_from_confusion(confusion(r.table.label[r.val_beats], pred))
+    per_db = {f"val_{d.removesuffix('_npy')}_{k}": v
+              for d, m in r.selection.per_database(pred).items()
+              for k, v in m.items() if k.endswith("f1")}
+    return {**{f"val_{k}": float(s[k]) for k in MONITORED}, **per_db,
+            "score": r.selection(pred)}
 
 
 def save(r, args, epoch: int) -> None:
@@ -345,7 +307,7 @@ def train(args) -> dict:
         write_json(r.out / "split.json", r.split_entry)
         for epoch in range(r.start_epoch, args.epochs):
             best_epoch = max((h["epoch"] for h in r.history if h["score"] == r.best), default=0)
-            if len(r.val_beats) and r.history and epoch - best_epoch >= args.patience:
+            if r.history and epoch - best_epoch >= args.patience:
                 print(f"early stop: no validation gain for {args.patience} epochs")
                 break
             r.model.train()
@@ -365,12 +327,16 @@ def train(args) -> dict:
                     rate = (step + 1) * chunks * length / (time.time() - t_epoch)
                     bar.set_postfix(loss=f"{loss.item():.4f}", beats_s=f"{rate:.0f}")
             epoch_s = time.time() - t_epoch
+            if not torch.isfinite(loss_sum):    # checked before anything of this epoch is saved
+                raise cli.DataError(f"training diverged (non-finite loss) in epoch {epoch + 1}; "
+                                    f"{r.out} keeps the last good checkpoint")
             row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"],
+                   "beats_seen": (epoch + 1) * steps_per_epoch * chunks * length,
                    "train_loss": (loss_sum / steps_per_epoch).item(), "epoch_s": epoch_s,
                    "beats_per_s": steps_per_epoch * chunks * length / epoch_s, **validate(r)}
             row["elapsed_s"] = (r.history[-1]["elapsed_s"] if r.history else 0) + time.time() - t_epoch
             r.history.append(row)
-            if row["score"] > r.best or not len(r.val_beats):
+            if row["score"] > r.best:
                 r.best = row["score"]
                 torch_save(r.out / "best.pt", {"model_args": r.model_args, "epoch": epoch + 1,
                                                "ema": r.ema.state_dict(), "config": r.config})
@@ -382,12 +348,10 @@ def train(args) -> dict:
                    "split": args.split, "fold": r.fold, "split_id": r.split_id,
                    "parameters": count_parameters(r.model), "model_args": r.model_args,
                    "precision": r.precision, "config": r.config, "split_counts": r.split_counts,
-                   "imbalance": args.imbalance, "epochs_run": len(r.history),
+                   "epochs_run": len(r.history),
                    "best_epoch": best_epoch, "wall_time_s": r.history[-1]["elapsed_s"],
-                   "beats_per_s": float(np.mean([h["beats_per_s"] for h in r.history])),
-                   "final_choice": r.final_choice}
-        if args.split != "all":
-            write_predictions(r)
+                   "beats_per_s": float(np.mean([h["beats_per_s"] for h in r.history]))}
+        write_predictions(r)
         write_json(r.out / "summary.json", summary)
     return summary
 
@@ -404,4 +368,4 @@ def write_predictions(r) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_main(lambda: main(parse_args()))
+    cli.run_main(lambda: train(parse_args()))

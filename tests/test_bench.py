@@ -30,10 +30,10 @@ Q1_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto",
               "max_train_slices": None, "monitor_slices": 192, "resume": False, "dry_run": False}
 Q2_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto",
               "model": "resnet", "split": "kfold", "folds": 5, "fold": "0", "name": None,
-              "from_cv": False, "epochs": 8, "beats_per_epoch": 30000, "batch_beats": 512,
-              "lr": 0.002, "weight_decay": 0.001, "imbalance": "weight",
+              "epochs": 8, "budget": "cpu", "beats_per_epoch": 30000, "batch_beats": 512,
+              "lr": 0.002, "weight_decay": 0.001,
               "class_weight_power": 0.5, "patience": 3, "ema_decay": 0.995, "channels": None,
-              "max_monitor_beats": None, "resume": False, "compile": False, "dry_run": False}
+              "rr_set": None, "max_monitor_beats": None, "resume": False, "compile": False, "dry_run": False}
 ARGV = ["--data", "demo", "--fold", "0"]
 
 
@@ -111,6 +111,8 @@ def test_cuda_defaults_use_the_device():
     assert (q1.batch_size, q1.lr, q1.compile) == (256, 1e-3 * math.sqrt(256 / 32), True)
     q2 = q2_train.parse_args(ARGV, kind="cuda")
     assert (q2.batch_beats, q2.lr, q2.compile) == (4096, 2e-3 * math.sqrt(4096 / 512), True)
+    assert (q2.budget, q2.beats_per_epoch) == ("full", "auto")     # one pass, known with the data
+    assert q2_train.parse_args([*ARGV, "--budget", "cpu"], kind="cuda").beats_per_epoch == 30_000
     assert q1_train.parse_args([*ARGV, "--no-compile"], kind="cuda").compile is False
     assert q2_train.parse_args([*ARGV, "--compile", "off"], kind="cuda").compile is False
     assert q1_train.parse_args([*ARGV, "--compile"], kind="cpu").compile is True
@@ -126,21 +128,16 @@ def test_fused_adamw_only_on_cuda():
 
 # ---------------------------------------------------------------- the sync-free step
 
-@pytest.mark.parametrize("autoencoder, prior", [(False, False), (False, True), (True, False)])
-def test_q2_loss_without_boolean_indexing_is_the_same(autoencoder, prior):
-    """The CUDA form of the Q2 loss (masked beats weighted 0, no host sync) equals the CPU
-    form (boolean indexing) up to float rounding."""
+def test_q2_loss_without_boolean_indexing_is_the_same():
+    """The Q2 loss (masked beats weighted 0, no host sync) equals the weighted cross-entropy of
+    the unmasked beats alone (boolean indexing) up to float rounding."""
     g = torch.Generator().manual_seed(0)
-    out = torch.randn(8, 32, *(() if autoencoder else (3,)), generator=g)
+    out = torch.randn(8, 32, 3, generator=g)
     label = torch.randint(0, 3, (8, 32), generator=g)
     mask = torch.rand(8, 32, generator=g) < 0.7
-    r = SimpleNamespace(autoencoder=autoencoder, loss_weight=torch.tensor([0.5, 2.0, 3.0]),
-                        logit_prior=torch.log(torch.tensor([0.8, 0.1, 0.1])) if prior else None)
-    cpu = q2_train.beat_loss(SimpleNamespace(**vars(r), device=torch.device("cpu")), out, label,
-                             mask)
-    cuda = q2_train.beat_loss(SimpleNamespace(**vars(r), device=SimpleNamespace(type="cuda")),
-                              out, label, mask)
-    assert torch.allclose(cpu, cuda, rtol=1e-6)
+    weight = torch.tensor([0.5, 2.0, 3.0])
+    indexed = torch.nn.functional.cross_entropy(out[mask], label[mask], weight=weight)
+    assert torch.allclose(q2_train.beat_loss(out, label, mask, weight), indexed, rtol=1e-6)
 
 
 def test_q1_augment_draws_flips_and_gains_from_the_device_generator():
@@ -155,3 +152,14 @@ def test_q1_augment_draws_flips_and_gains_from_the_device_generator():
     a = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0))
     b = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0), None)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_q2_full_budget_trains_epochs_of_one_pass(tmp_path):
+    """--budget full (the CUDA default): an epoch is one pass over the fold's training beats."""
+    from tests.conftest import Q2_KFOLD
+
+    argv = ["--data", "demo", "--device", "cpu", "--epochs", "1", "--batch-beats", "256",
+            "--channels", "8", "8", "16", "--budget", "full", *Q2_KFOLD, "--fold", "0",
+            "--results-root", str(tmp_path)]
+    summary = q2_train.train(q2_train.parse_args(argv))
+    assert summary["config"]["beats_per_epoch"] == summary["split_counts"]["train"]["beats"]

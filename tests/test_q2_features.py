@@ -1,5 +1,5 @@
-"""Q2 rhythm features, record-bounded windows, the segment ablation's inputs, EMA buffers, the
-grouping of records into persons and label-free test-time adaptation."""
+"""Q2 rhythm features and their sets, record-bounded windows, EMA buffers, the grouping of
+records into persons and label-free test-time adaptation."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,16 +11,16 @@ from q2_ecg.adapt import reconcile_by_cluster, standardise_per_record
 from q2_ecg.beats import (
     HALF_WINDOW,
     RR_NAMES,
+    RR_SETS,
     build_table,
     centred_windows,
     rr_features,
-    segment_windows,
     table_to_device,
 )
 from q2_ecg.data import ECGRecords, assemble
 from q2_ecg.model import MODELS, build_model, model_args
 from q2_ecg.persons import group_persons
-from q2_ecg.predict import inputs, predict, predict_embedded
+from q2_ecg.predict import predict, predict_embedded
 
 FS = 128
 
@@ -41,9 +41,31 @@ def test_rr_features_are_finite_for_tiny_records(locs):
     assert (np.abs(rr) <= 3.5).all()                  # clipped intervals bound every log-ratio
 
 
-def test_models_read_as_many_rr_features_as_there_are_names():
-    assert all(cfg.rr_features == len(RR_NAMES) for cfg in MODELS.values())
-    assert len(RR_NAMES) <= 16
+@pytest.mark.parametrize("rr_set", sorted(RR_SETS))
+def test_a_model_reads_exactly_the_rr_features_of_its_set(rr_set):
+    """Each set's columns reach the network, in its order; the other columns never do."""
+    model = build_model(**model_args("resnet", rr_set=rr_set, channels=(8, 8, 16))).eval()
+    rr = torch.randn(4, 1, len(RR_NAMES))
+    wanted = [RR_NAMES.index(n) for n in RR_SETS[rr_set]]
+    assert model.rr_index.tolist() == wanted and model.rr_norm.mean.shape == (len(wanted),)
+    others = [k for k in range(len(RR_NAMES)) if k not in wanted]
+    changed = rr.clone()
+    changed[..., others] += 10.0
+    windows = torch.randn(4, 1, 2, 256)
+    assert torch.equal(model(windows, rr), model(windows, changed))
+    assert set(RR_SETS[rr_set]) <= set(RR_NAMES)
+    assert all(cfg.rr_set in RR_SETS for cfg in MODELS.values())
+
+
+def test_record_normalised_intervals_by_hand():
+    """de Chazal's features: each interval over the record's mean RR (here (5 * 1 + 0.5 + 1.5) / 7
+    s, the first beat borrowing its next interval)."""
+    locs = locs_from_rr([1.0, 1.0, 1.0, 1.0, 0.5, 1.5])
+    rr = rr_features(locs)
+    mean = (5 * 1.0 + 0.5 + 1.5) / 7
+    assert column(rr, "rr_record_s") == pytest.approx(np.full(7, mean), abs=1e-3)
+    assert column(rr, "log_prev_record")[5] == pytest.approx(np.log(0.5 / mean), abs=1e-3)
+    assert column(rr, "log_next_record")[5] == pytest.approx(np.log(1.5 / mean), abs=1e-3)
 
 
 def test_premature_beats_are_judged_against_sinus_even_when_they_dominate():
@@ -111,23 +133,6 @@ def test_shifted_windows_never_read_outside_their_record(two_records, shift):
     if shift > 0:      # record a's last beat: 2 samples past the gap would be record b's
         past = pos[1] >= table.rec_start[6]
         assert past.any() and (table.signal[pos[1][past]] != 0).all() and (got[1][past] == 0).all()
-    segments = segment_windows(dev, edge, torch.full((4,), shift)).numpy()
-    assert np.isfinite(segments).all()
-
-
-def test_segment_ablation_changes_only_the_beat_channel(two_records):
-    _, table = two_records
-    dev = table_to_device(table, "cpu")
-    seg, win = (build_model(**model_args(n, channels=(8, 8, 16))).cfg for n in ("segment", "resnet"))
-    assert seg.representation == "segment" and win.representation == "window"
-    assert seg.rr_features == win.rr_features and seg.template == win.template
-    idx = torch.tensor([[1, 2], [3, 4]])
-    (ws, rs), (ww, rw) = inputs(dev, idx, seg), inputs(dev, idx, win)
-    assert ws.shape == ww.shape == (2, 2, 2, 256) and torch.equal(rs, rw)
-    assert torch.equal(ws[..., 0, :], segment_windows(dev, idx))
-    assert torch.equal(ws[..., 1, :], ww[..., 1, :])          # the same template channel
-    with pytest.raises(ValueError, match="representation"):
-        build_model(**model_args("resnet", representation="beat"))
 
 
 def test_ema_averages_batchnorm_statistics():
@@ -194,7 +199,7 @@ def test_predict_embedded_matches_predict(two_records):
     dev = table_to_device(table, "cpu")
     torch.manual_seed(0)
     model = build_model(**model_args("context", context=4, channels=(8, 8, 16)))
-    model.rr_norm.fit(dev["rr"])
+    model.fit_rr(dev["rr"])
     beats = np.arange(len(table.label))
     logits, emb = predict_embedded(model, dev, beats, table.record, torch.device("cpu"))
     assert emb.shape == (len(beats), model.cfg.embed) and emb.dtype == np.float32

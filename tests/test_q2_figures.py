@@ -10,7 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from q2_ecg import eda, figures  # noqa: E402
 from q2_ecg.beats import WINDOW  # noqa: E402
@@ -71,14 +70,18 @@ def _signal_of(i: int) -> dict:
 
 
 def _histories() -> dict:
-    rows = lambda s: [{"epoch": float(e), "train_loss": 1 / e + s, "val_abnormal_macro_f1": 0.5,  # noqa: E731
-                       "val_normal_f1": 0.9, "val_abnormal_f1": 0.6, "val_SVEB_f1": 0.4,
-                       "val_VEB_f1": 0.7} for e in (1, 2, 3)]
+    rows = lambda s: [{"epoch": float(e), "beats_seen": 30_000.0 * e, "train_loss": 1 / e + s,  # noqa: E731
+                       "val_mitdb_SVEB_f1": 0.3 + s, "val_mitdb_VEB_f1": 0.8,
+                       "val_svdb_SVEB_f1": 0.6, "val_svdb_VEB_f1": 0.7 - s,
+                       "val_incartdb_SVEB_f1": float("nan"), "val_incartdb_VEB_f1": 0.9}
+                      for e in (1, 2, 3)]
     return {"resnet": {"fold0": rows(0), "fold1": rows(0.1)}, "context": {"fold0": rows(0.2)}}
 
 
 def _has_data(ax) -> bool:
-    return bool(ax.lines or ax.images or ax.patches or ax.collections)
+    """Axes that show data (a colour bar is the legend of another axes)."""
+    return ax.get_label() != "<colorbar>" and bool(ax.lines or ax.images or ax.patches
+                                                    or ax.collections)
 
 
 def _label(ax, which: str) -> str:
@@ -111,7 +114,9 @@ def all_figures(records) -> dict[str, plt.Figure]:
     return {
         "excerpts": eda.plot_excerpts(records, eda.pick_excerpts(records)),
         "summary": eda.plot_summary(lengths, labels, (lengths >= 32) & (lengths <= 256)),
-        "curves": figures.plot_curves(_histories()),
+        "curves": figures.plot_curves(_histories(), ["incartdb", "mitdb", "svdb"]),
+        "bias_grid": figures.plot_bias_grid(rng.random((17, 17)).tolist(), [0, -0.5, 1.0],
+                                            "resnet"),
         "confusion": figures.plot_confusions({"resnet": np.eye(3, dtype=int).tolist()},
                                              ["resnet"]),
         "roc_pr": figures.plot_roc_pr(kfold, list(kfold)),
@@ -142,14 +147,15 @@ def test_roc_axes_are_log_and_pr_axes_show_the_prevalence():
         np.testing.assert_allclose(lines[0].get_ydata(), prevalence)
 
 
-def test_curves_use_integer_epoch_ticks():
-    fig = figures.plot_curves(_histories())
-    fig.canvas.draw()
-    for ax in fig.axes:
-        locator = ax.xaxis.get_major_locator()
-        assert isinstance(locator, MaxNLocator) and locator._integer
-        ticks = ax.get_xticks()
-        np.testing.assert_array_equal(ticks, np.round(ticks))
+def test_curves_show_each_database_with_the_fold_mean_and_range():
+    fig = figures.plot_curves(_histories(), ["incartdb", "mitdb", "svdb"])
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    mitdb_sveb = next(ax for t, ax in panels.items() if t.startswith("SVEB") and "MIT-BIH Arr" in t)
+    resnet = next(ln for ln in mitdb_sveb.lines if ln.get_label() == "resnet")
+    np.testing.assert_allclose(resnet.get_ydata(), 0.35)          # mean of folds 0.3 and 0.4
+    np.testing.assert_allclose(resnet.get_xdata(), [0.03, 0.06, 0.09])   # millions of beats
+    incart_sveb = next(ax for t, ax in panels.items() if t.startswith("SVEB") and "INCART" in t)
+    assert not incart_sveb.lines                                  # no SVEB there: nothing drawn
 
 
 def test_excerpt_labels_are_letters_that_never_collide(records):

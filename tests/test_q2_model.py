@@ -1,6 +1,8 @@
 """Q2 representation, splits, metrics, chunked prediction and models."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,15 +13,13 @@ from q2_ecg import splits
 from q2_ecg.beats import (
     HALF_WINDOW,
     RR_NAMES,
-    SEGMENT,
     build_table,
     centred_windows,
     rr_features,
-    segment_windows,
     table_to_device,
 )
 from q2_ecg.data import load_records
-from q2_ecg.metrics import confusion, summary_from_confusion, tune_logit_bias
+from q2_ecg.metrics import SelectionScore, confusion, summary_from_confusion, tune_logit_bias
 from q2_ecg.model import build_model, model_args
 from q2_ecg.persons import group_persons
 from q2_ecg.predict import predict
@@ -42,7 +42,7 @@ def test_rr_features_by_hand():
     assert col["log_prev2_sinus"][4] == col["log_prev_sinus"][3]
 
 
-def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
+def test_windows_are_centred_on_r_peaks(demo):
     records, table = demo
     dev = table_to_device(table, "cpu")
     idx = torch.tensor([5, 6, 7])
@@ -52,11 +52,6 @@ def test_windows_are_centred_on_r_peaks_and_segments_zero_padded(demo):
     scale = np.median(np.abs(signal[locs] - np.median(signal)))
     expected = (signal[locs[5:8]] - np.median(signal)) / scale
     assert np.allclose(windows[:, HALF_WINDOW].numpy(), expected, atol=1e-2)
-    seg = segment_windows(dev, idx)
-    assert seg.shape == (3, SEGMENT)
-    n = table.seg_len[5:8]
-    assert (seg[0, n[0]:] == 0).all() and (seg[0, : n[0]] != 0).sum() > n[0] - 3
-    assert np.allclose(seg[0, n[0] - 1].item(), windows[0, HALF_WINDOW - 1].item(), atol=1e-6)
 
 
 def test_kfold_is_disjoint_by_person_and_tests_every_record_once(demo):
@@ -78,6 +73,30 @@ def test_kfold_is_disjoint_by_person_and_tests_every_record_once(demo):
     leaky = splits.beat_roles(len(table.label), 0)
     with pytest.raises(AssertionError, match="is in both"):
         splits.check_split(persons[table.record], leaky, table.label, table.scored)
+
+
+def test_every_fold_and_its_inner_validation_hold_persons_of_every_database():
+    """Folds are balanced database by database: 12 persons of one database and 60 of another
+    spread over 5 folds give each fold 2-3 and 12 of them, and each inner validation (1/6 of a
+    fold's training persons) at least one of the small database."""
+    from q2_ecg.data import ECGRecords
+
+    n_small, n_large = 12, 60
+    db = np.array(["mitdb_npy"] * n_small + ["svdb_npy"] * n_large)
+    per = 30
+    record = np.repeat(np.arange(len(db)), per)
+    rng = np.random.default_rng(0)
+    label = np.where(rng.random(len(record)) < 0.1, rng.integers(1, 3, len(record)), 0)
+    records = ECGRecords(np.array([f"r{i}" for i in range(len(db))]), db, np.zeros(1, np.float16),
+                         np.zeros(len(db) + 1, np.int64), np.zeros(len(record), np.int64), label,
+                         np.arange(0, len(record) + 1, per), np.array([], str))
+    table = SimpleNamespace(record=record, label=label, scored=np.ones(len(record), bool))
+    persons = records.patient_id.copy()
+    _, roles = splits.record_roles(records, table, persons, "kfold", 5, seed=3)
+    for r in roles:
+        assert 2 <= ((r == "test") & (db == "mitdb_npy")).sum() <= 3
+        assert ((r == "test") & (db == "svdb_npy")).sum() == 12
+        assert ((r == "val") & (db == "mitdb_npy")).sum() >= 1
 
 
 def test_too_few_records_for_the_folds_is_refused_by_name(demo):
@@ -127,9 +146,14 @@ def test_logit_bias_tuning_helps():
     y = rng.choice(3, 3000, p=[0.9, 0.04, 0.06])
     logits = rng.normal(0, 1, (3000, 3)) + 2.5 * np.eye(3)[y] + np.array([0, 1.5, 1.5])
     before = summary_from_confusion(confusion(y, logits.argmax(1)))["abnormal_macro_f1"]
-    bias = tune_logit_bias(logits, y)
+    bias, grid = tune_logit_bias(logits, SelectionScore(y, np.array(["a"] * len(y)), ["a"]))
+    assert grid.shape == (17, 17) and grid.max() <= after_score(logits + bias, y) + 1e-9
     after = summary_from_confusion(confusion(y, (logits + bias).argmax(1)))["abnormal_macro_f1"]
     assert after > before and bias[1] < 0 and bias[2] < 0      # it undoes the over-calling
+
+
+def after_score(logits, y):
+    return summary_from_confusion(confusion(y, logits.argmax(1)))["abnormal_macro_f1"]
 
 
 class BeatIndexModel(torch.nn.Module):
@@ -152,13 +176,13 @@ def test_chunked_prediction_returns_each_beats_own_output(demo, context):
     assert np.array_equal(out[:, 0], beats.astype(np.float32))
 
 
-@pytest.mark.parametrize("name", ["resnet", "context", "segment", "autoencoder"])
+@pytest.mark.parametrize("name", ["resnet", "context"])
 def test_model_shapes(name):
     model = build_model(**model_args(name, channels=(8, 8, 16)))
     length = model.cfg.context
     channels = 2 if model.cfg.template else 1
     out = model(torch.randn(2, length, channels, 256), torch.randn(2, length, len(RR_NAMES)))
-    assert out.shape == ((2, length) if name == "autoencoder" else (2, length, 3))
+    assert out.shape == (2, length, 3)
 
 
 def test_resnet_overfits_one_batch():
@@ -189,3 +213,36 @@ def test_binned_ranking_bootstrap_matches_resampling_with_sklearn():
         _, low, high = patient_bootstrap(record, lambda i, n=name: ranking_metrics(y[i], score[i])[n],
                                          n_boot=400)
         assert fast[name] == pytest.approx([low, high], abs=0.01)
+
+
+def test_selection_score_weighs_a_small_database_like_a_large_one():
+    """Database a: 2 records' worth of beats, all right; database b: 50 times as many, SVEB
+    half wrong. Each database counts once, so the score is the mean of their scores, far
+    below what pooling the beats would give."""
+    def block(n, sveb_right):
+        y = np.repeat([0, 1, 2], [20 * n, n, n])
+        pred = y.copy()
+        pred[np.flatnonzero(y == 1)[: int(n * (1 - sveb_right))]] = 0
+        return y, pred
+    (ya, pa), (yb, pb) = block(40, 1.0), block(2000, 0.5)
+    y, pred = np.r_[ya, yb], np.r_[pa, pb]
+    db = np.r_[["a"] * len(ya), ["b"] * len(yb)]
+    scorer = SelectionScore(y, db, ["a", "b"])
+    per = scorer.per_database(pred)
+    assert scorer.kind == "database-balanced" and per["a"]["SVEB_f1"] == 1.0
+    b = (per["b"]["SVEB_f1"] + per["b"]["VEB_f1"]) / 2
+    assert scorer(pred) == pytest.approx((1.0 + b) / 2)
+    pooled = summary_from_confusion(confusion(y, pred))["abnormal_macro_f1"]
+    assert scorer(pred) > pooled + 0.005
+
+
+def test_selection_score_falls_back_to_pooled_and_says_why():
+    y = np.repeat([0, 1, 2], [200, 30, 30])
+    db = np.array(["a"] * len(y))
+    scorer = SelectionScore(y, db, ["a", "b"])          # b has no inner-validation rows
+    assert scorer.kind == "pooled" and "inner validation of b" in scorer.reason
+    pred = y.copy()
+    pred[200:210] = 0
+    assert scorer(pred) == pytest.approx(summary_from_confusion(confusion(y, pred))["abnormal_macro_f1"])
+    few = SelectionScore(np.r_[y, [0] * 50, [1] * 5], np.r_[db, ["b"] * 55], ["a", "b"])
+    assert few.kind == "pooled" and "fewer than 20" in few.reason      # b: 5 SVEB, 0 VEB

@@ -489,8 +489,7 @@ def test_mri_folder_is_refused_by_name_from_the_q2_command_line(tmp_path):
     (["--fold", "7", "--folds", "5"], "--split kfold needs --fold 0..4 (got 7)"),
     (["--split", "lodo", "--fold", "xyz"],
      "--split lodo needs --fold mitdb | svdb | incartdb (got xyz)"),
-    (["--split", "all", "--fold", "0"], "--split all has a single fold: drop --fold"),
-    (["--fold", "0", "--from-cv"], "--from-cv goes with --split all"),
+    (["--split", "beat", "--fold", "0"], "--split beat has a single fold: drop --fold"),
 ])
 def test_bad_q2_flag_is_refused_before_any_data_is_loaded(flags, message, tmp_path, capsys,
                                                          monkeypatch):
@@ -548,34 +547,40 @@ def test_leaving_out_a_database_the_data_lacks_gives_one_line(tmp_path, capsys):
 def test_q2_evaluation_before_training_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(q2_eval, "load_records", no_data)
     code, err = run_cli(lambda: q2_eval.main(q2_eval.parse_args(
-        ["--data", "demo", "--device", "cpu", "--results-root", str(tmp_path)])), capsys)
+        ["--data", "demo", "--results-root", str(tmp_path)])), capsys)
     assert code == 2 and error_line(err) == (
         f"error: no Q2 run with predictions in {tmp_path / DEMO}: run `make q2` (or python -m "
         "q2_ecg.train) first")
     assert not files_under(tmp_path)
 
 
-def test_truncated_final_model_gives_one_line_at_external_evaluation(tmp_path):
+def test_truncated_deployed_weights_give_one_line_at_inference(tmp_path):
+    from common.io import file_digest
+
     root = tmp_path / "results"
-    write_json(root / DEMO / "metrics.json", {"final_choice": {
-        "model": "resnet", "epochs": 1, "logit_bias": [0.0, 0.0, 0.0], "adapt": False}})
-    q2_train.train(q2_train.parse_args(Q2_TINY + ["--split", "all", "--from-cv",
+    q2_train.train(q2_train.parse_args(Q2_TINY + [*Q2_KFOLD, "--fold", "0",
                                                   "--results-root", str(root)]))
-    best = root / DEMO / "resnet-all-seed0" / "best.pt"
+    best = root / DEMO / "resnet-kfold2-fold0-seed0" / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
+    write_json(root / DEMO / "final.json", {
+        "model": "resnet", "seed": 0, "data_label": "demo", "adapt": False,
+        "logit_bias": [0.0, 0.0, 0.0], "data_source": "demo", "git_commit": "x",
+        "folds": {"fold0": [{"run": best.parent.name, "weights": f"{best.parent.name}/best.pt",
+                             "sha256": file_digest(best)}]}})
     other = ecg_folder(tmp_path / "other", n=3)
-    code, err = cli_run("q2_ecg.eval", "--data", str(other), "--trained-on", "demo", "--device",
-                        "cpu", "--results-root", str(root))
+    code, err = cli_run("q2_ecg.infer", "--data", str(other), "--trained-on", "demo", "--device",
+                        "cpu", "--results-root", str(root), "--out", str(tmp_path / "p.npz"))
     line = error_line(err)
     assert code == 2 and line.startswith(f"error: cannot read {best} (") and line.endswith(
         "): retrain that run")
-    assert not list(root.glob("q2/local-other-*/**/metrics.json"))
+    assert not (tmp_path / "p.npz").exists()
 
 
 # ---------------------------------------------------------------- 9. the Makefile quotes paths
 
 @pytest.mark.parametrize("target,variable", [("q1", "DATA"), ("q2", "DATA"),
-                                             ("q2-final", "Q2_DATA"), ("bench", "DATA")])
+                                             ("q2-final", "Q2_DATA"), ("q2-curves", "DATA"),
+                                             ("bench", "DATA")])
 def test_makefile_quotes_data_paths(target, variable):
     done = subprocess.run(["make", "-n", target, f"{variable}=/tmp/a b/ecg"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

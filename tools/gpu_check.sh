@@ -7,7 +7,7 @@
 # 1. bench before (the old defaults: eager, batch 32 slices / 512 beats) and after (the new CUDA
 #    defaults: compiled, batch 256 / 4,096); both with bf16 autocast and fused AdamW.
 # 2. Q1: 2-fold CV of unet and unet25d (2 short epochs each) + baselines + evaluation;
-#    Q2: 2-fold CV of resnet, context and autoencoder (2 short epochs each) + baselines + evaluation.
+#    Q2: 2-fold CV of resnet and context (2 short epochs each) + baselines + ensemble + evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=$(mktemp -d)
@@ -45,14 +45,15 @@ done
 $PY -m q1_mri.eval --data demo --device cuda --results-root "$R" | tail -9
 stamp
 
-echo "== Q2 pipeline on CUDA: baselines, 2-fold CV of resnet, context, autoencoder (2 epochs), evaluation"
+echo "== Q2 pipeline on CUDA: baselines, 2-fold CV of resnet and context (2 epochs), evaluation"
 $PY -m q2_ecg.baselines --data demo --split kfold --folds 2 --results-root "$R" | tail -1
-for m in resnet context autoencoder; do
+for m in resnet context; do
   for f in 0 1; do
     $PY -m q2_ecg.train --data demo --device cuda --model $m --split kfold --folds 2 --fold $f \
       --epochs 2 --beats-per-epoch 20000 --results-root "$R" | tail -1 | cut -c1-160
   done
 done
-$PY -m q2_ecg.eval --data demo --device cuda --results-root "$R" | tail -7
+$PY -m q2_ecg.ensemble --data demo --results-root "$R" | tail -1
+$PY -m q2_ecg.eval --data demo --results-root "$R" | tail -9
 stamp
 echo "gpu_check: done in $((SECONDS - START)) s"
