@@ -22,13 +22,14 @@ SEEDS     ?= 1
 Q2_LODO   ?= mitdb svdb incartdb
 Q2_LEAKY  ?= resnet
 Q2_CURVE_EPOCHS ?= 4
+Q1_WIDTHS ?= 16 48
 Q2_RR_SETS ?= sinus all
 SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 # make lab: the port JupyterLab listens on (127.0.0.1 only; reach it through an SSH tunnel)
 PORT      ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q1-final q2 q2-final q2-curves q2-ablations demo demo-q1 demo-q2 bench notebooks lab clean
+.PHONY: help setup test lint q1 q1-ablations q1-final q2 q2-final q2-curves q2-ablations demo demo-q1 demo-q2 bench notebooks lab clean
 
 ## List the targets
 help:
@@ -53,27 +54,42 @@ test: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-# Q1 protocol: Q1_MODELS x Q1_FOLDS-fold patient cross-validation over every patient (the Hub:
-# its official validation split is the test set), the baselines on the same folds
-Q1_MODELS ?= unet unet25d
-Q1_FOLDS  ?= 4
-Q1_SPLIT  ?= $(if $(filter hub,$(Q1_DATA)),official,kfold)
-Q1_FOLD_LIST = $(if $(filter kfold,$(Q1_SPLIT)),$(shell seq 0 $$(($(Q1_FOLDS) - 1))),single)
+# Q1 protocol: Q1_MODELS (the two solutions and the plain reference) x Q1_FOLDS-fold patient
+# cross-validation over every patient with inner validation (the Hub: its official validation
+# split is the test set), x SEEDS seeds, the baselines on the same folds
+Q1_MODELS ?= unet unet25d plain
+Q1_FOLDS  ?= 5
+Q1_SPLIT  ?=      # kfold | official; empty: official wherever the source resolves to the Hub (auto too)
+Q1_SPLIT_OF = split=$${Q1_SPLIT:-$$($(PYTHON) -c "from q1_mri.data import resolve_source; \
+  print('official' if resolve_source('$(Q1_DATA)').kind == 'hub' else 'kfold')")}; \
+  folds=$$([ $$split = kfold ] && seq 0 $$(($(Q1_FOLDS) - 1)) || echo single)
 
-## Q1: EDA (1.A), Q1_FOLDS-fold CV of the U-Net and the 2.5-D U-Net, baselines, evaluation from files
+## Q1: EDA (1.A), Q1_FOLDS-fold CV of the U-Net, the 2.5-D U-Net and the plain reference, baselines, evaluation
 q1: setup
 	$(PYTHON) -m q1_mri.eda --data "$(Q1_DATA)"
-	$(PYTHON) -m q1_mri.baselines --data "$(Q1_DATA)" --split $(Q1_SPLIT) --folds $(Q1_FOLDS)
-	@set -e; for model in $(Q1_MODELS); do for fold in $(Q1_FOLD_LIST); do \
-	  echo "== q1 $$model $(Q1_SPLIT) $$fold"; \
-	  $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model $$model --split $(Q1_SPLIT) \
-	    --folds $(Q1_FOLDS) $$([ $$fold = single ] || echo --fold $$fold) $(RESUME_FLAG) $(Q1_ARGS); \
+	@set -e; $(Q1_SPLIT_OF); for seed in $(SEED_LIST); do \
+	  $(PYTHON) -m q1_mri.baselines --data "$(Q1_DATA)" --split $$split --folds $(Q1_FOLDS) --seed $$seed; \
+	  for model in $(Q1_MODELS); do for fold in $$folds; do \
+	    echo "== q1 $$model $$split $$fold seed $$seed"; \
+	    $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model $$model --split $$split \
+	      --folds $(Q1_FOLDS) $$([ $$fold = single ] || echo --fold $$fold) --seed $$seed \
+	      $(RESUME_FLAG) $(Q1_ARGS); \
+	  done; done; \
+	done
+	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
+
+## Q1: the width ablation: the U-Net at Q1_WIDTHS on folds 0-1 of seed 0 (a choice inner validation makes)
+q1-ablations: setup
+	@set -e; $(Q1_SPLIT_OF); for width in $(Q1_WIDTHS); do for fold in $$(echo $$folds | cut -d' ' -f1-2); do \
+	  $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model unet --split $$split --folds $(Q1_FOLDS) \
+	    $$([ $$fold = single ] || echo --fold $$fold) --base-channels $$width --name w$$width \
+	    $(RESUME_FLAG) $(Q1_ARGS); \
 	done; done
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
 
-## Q1: the deployable model, trained on every patient with the model and schedule the CV chose
+## Q1: the deployed model: the chosen configuration's k fold models as the CV scored them (no training); then q1_mri.infer
 q1-final: setup
-	$(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --split all --from-cv $(Q1_ARGS)
+	$(PYTHON) -m q1_mri.final --data "$(Q1_DATA)"
 
 ## Q2: EDA (2.A), k-fold cross-validation of Q2_MODELS over SEEDS seeds, LODO, baselines, their ensemble, evaluation
 q2: setup
@@ -123,7 +139,7 @@ q2-ablations: setup
 demo: demo-q1 demo-q2
 
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 3 --slices-per-epoch 384 --monitor-slices 64 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 3 --slices-per-epoch 384 --base-channels 8 --monitor-slices 64 $(Q1_ARGS)"
 
 demo-q2: setup
 	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \

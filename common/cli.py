@@ -41,6 +41,16 @@ def fraction(text: str) -> float:
     return _checked(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def name(text: str) -> str:
+    """argparse type: a run-name word (letters, digits, '-', '_', '.'; not '.' or '..'), since
+    it becomes part of a folder name under results/."""
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", text) or set(text) == {"."}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a name: use letters, digits, '-', '_' and '.' only")
+    return text
+
+
 def auto_or(kind: Callable[[str], object]) -> Callable[[str], object]:
     """argparse type: "auto" (left to the script, which resolves it per device) or `kind`."""
     def parse(text: str):

@@ -1,12 +1,14 @@
-"""Baselines as runs: identity and a linear intensity map, for every fold of a scheme.
+"""Baselines as runs: identity, a linear and a lookup-table intensity map, for every fold.
 
-    python -m q1_mri.baselines --data ../shared/data/mri --split kfold --folds 4 --seed 0
+    python -m q1_mri.baselines --data ../shared/data/mri --split kfold --folds 5 --seed 0
 
-Each fold gets a run folder like a network's (split.json, summary.json, predictions.npz), so
-evaluation scores baselines and models with the same code.
-  identity  the normalised T1 as the predicted T2 (the scale matched by the normalisation)
-  linear    T2 = a * T1 + b inside the brain, least squares over the brain pixels of the fold's
-            training patients (background stays 0)
+Each fold gets a run folder like a network's (split.json, summary.json, predictions.npz with
+the inner-validation and test slices), so evaluation scores baselines and models with the same
+code. Fitted on the brain pixels of the fold's training patients (background stays 0):
+  identity  the normalised T1 as the predicted T2
+  linear    T2 = a * T1 + b, least squares
+  lut       T2 = the mean training T2 of the pixels in the same one of LUT_BINS bins of T1: the
+            best any pixel-wise intensity map can do on average (T1 -> T2 per tissue)
 """
 from __future__ import annotations
 
@@ -17,20 +19,22 @@ from common.io import write_json
 from common.results import provenance, results_dir
 from common.runs import locked, run_name
 from q1_mri import splits
-from q1_mri.data import SCALE, Slices, load_mri, normalise, pool, resolve_source
+from q1_mri.data import UNITS, Slices, load_mri, normalise, pool, resolve_source
 from q1_mri.prediction_file import save_predictions
 
-METHODS = ("identity", "linear")
+LUT_BINS = 64
 DESCRIPTIONS = {"identity": "baseline: the normalised T1 as the prediction",
                 "linear": "baseline: T2 = a * T1 + b on brain pixels, least squares on the "
-                          "fold's training patients"}
+                          "fold's training patients",
+                "lut": f"baseline: T2 = the mean training T2 of its T1 intensity bin "
+                       f"({LUT_BINS} bins; fold's training patients)"}
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_data_args(p)
     p.add_argument("--split", choices=("kfold", "official"), default="kfold")
-    p.add_argument("--folds", type=cli.count, default=4)
+    p.add_argument("--folds", type=cli.count, default=5)
     p.add_argument("--seed", type=cli.natural, default=0)
     return p.parse_args(argv)
 
@@ -47,19 +51,35 @@ def linear_map(t1: np.ndarray, coef: tuple[float, float]) -> np.ndarray:
     return np.where(t1 > 0, np.clip(coef[0] * t1 + coef[1], 0, 1), 0).astype(np.float32)
 
 
-def predict_baselines(t1: np.ndarray, coef: tuple[float, float]) -> dict[str, np.ndarray]:
+def fit_lut(t1: np.ndarray, t2: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(LUT_BINS,) mean T2 of the brain pixels in each of LUT_BINS equal bins of T1 on [0, 1]
+    (an empty bin takes its nearest filled neighbour's value)."""
+    b = np.minimum((t1[mask] * LUT_BINS).astype(np.int64), LUT_BINS - 1)
+    sums = np.bincount(b, weights=t2[mask].astype(np.float64), minlength=LUT_BINS)
+    counts = np.bincount(b, minlength=LUT_BINS)
+    filled = np.flatnonzero(counts)
+    nearest = filled[np.abs(np.arange(LUT_BINS)[:, None] - filled[None]).argmin(1)]
+    return (sums[nearest] / counts[nearest]).astype(np.float32)
+
+
+def predict_baselines(t1: np.ndarray, coef: tuple[float, float], lut: np.ndarray
+                      ) -> dict[str, np.ndarray]:
     """{method: (n, 1, H, W) float32 predicted T2} from normalised T1 (n, 1, H, W)."""
-    return {"identity": t1.astype(np.float32), "linear": linear_map(t1, coef)}
+    b = np.minimum((t1 * LUT_BINS).astype(np.int64), LUT_BINS - 1)
+    return {"identity": t1.astype(np.float32), "linear": linear_map(t1, coef),
+            "lut": np.where(t1 > 0, lut[b], 0).astype(np.float32)}
 
 
-def write_run(folder, slices: Slices, rows: np.ndarray, pred: np.ndarray, method: str,
-              entry: dict, source, summary: dict) -> None:
+def write_run(folder, slices: Slices, rows: np.ndarray, roles: np.ndarray, pred: np.ndarray,
+              method: str, entry: dict, source, summary: dict) -> None:
     """A baseline's run folder: split.json, predictions.npz, summary.json."""
     s = slices.select(rows)
     with locked(folder):
+        for name in ("summary.json", "predictions.npz"):     # never a mix of two runs
+            (folder / name).unlink(missing_ok=True)
         write_json(folder / "split.json", entry)
-        save_predictions(folder / "predictions.npz", s.row, s.split, s.patient_id, s.view, pred,
-                         scale=SCALE, model=method, split_id=entry["split_id"],
+        save_predictions(folder / "predictions.npz", s.row, s.split, s.patient_id, s.view,
+                         roles, pred, units=UNITS, model=method, split_id=entry["split_id"],
                          data_tag=source.tag)
         write_json(folder / "summary.json", {**provenance(source, None, summary["seed"]),
                                              **summary, "model": method, "name": None,
@@ -75,13 +95,15 @@ def main(args) -> None:
     scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
     for fold in split["folds"]:
         roles = splits.slice_roles(split["folds"][fold], slices)
-        train, test = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "test")
+        train = np.flatnonzero(roles == "train")
+        rows = np.flatnonzero(np.isin(roles, ("val", "test")))
         coef = fit_linear(t1[train], t2[train], mask[train])
+        lut = fit_lut(t1[train], t2[train], mask[train])
         entry = splits.run_entry(split, path, fold)
-        for method, pred in predict_baselines(t1[test], coef).items():
+        for method, pred in predict_baselines(t1[rows], coef, lut).items():
             write_run(root / run_name(method, scheme, fold if args.split == "kfold" else None,
                                       f"seed{args.seed}"),
-                      slices, test, pred, method, entry, source,
+                      slices, rows, roles[rows], pred, method, entry, source,
                       {"seed": args.seed, "split": args.split, "fold": fold,
                        "split_id": entry["split_id"],
                        "config": {"folds": args.folds, "seed": args.seed},
@@ -89,7 +111,7 @@ def main(args) -> None:
                        **({"coef": list(coef)} if method == "linear" else {})})
         print(f"baselines {scheme} {fold}: linear T2 = {coef[0]:.3f} T1 + {coef[1]:.3f} "
               f"(fitted on {len(np.unique(slices.patient_id[train]))} training patients), "
-              f"{len(test)} test slices")
+              f"{int((roles == 'test').sum())} test slices")
 
 
 if __name__ == "__main__":

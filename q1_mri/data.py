@@ -28,23 +28,18 @@ VIEWS = ("axial", "coronal", "sagittal")
 COLUMNS = ("patient_id", "view", "t1", "t2")
 ECG_COLUMNS = ("signal", "beat_locs", "beat_labels")   # Q2's schema, refused by name
 SHAPE = (1, 64, 64)
-CACHE_VERSION = 2   # 2: slices with an empty T1 or T2 are dropped when the cache is built
+CACHE_VERSION = 3   # 3: each kept slice's row in its source split is stored (empty ones dropped)
 
 PERCENTILE = 99.5
 NORMALISATION = (f"per-volume: each patient's T1 and T2 divided by the {PERCENTILE}th percentile "
                  "of that patient's brain pixels (all views), clipped to [0, 1]; background = 0")
 DATA_RANGE = 1.0   # of normalised images; used by PSNR and SSIM
-# The units models are trained and predictions are stored in (the name travels with every
-# prediction file), and the scales a prediction is scored in. The first is an oracle gain: the
-# target T2 is scaled by its own brain percentile, which a deployed model could not know.
-SCALE = "per-volume-p99.5"
-SCALES = {
-    SCALE: (f"oracle gain: the true T2 divided by the {PERCENTILE}th percentile of the same "
-            "patient's brain T2 pixels (uses the target itself), clipped to [0, 1]"),
-    "t1-derived": (f"no oracle: the true T2 divided by r x the {PERCENTILE}th percentile of the "
-                   "patient's brain T1 pixels, r = median T2/T1 percentile ratio of the training "
-                   "patients of the fold, clipped to [0, 1]; the prediction as it is"),
-}
+# The units models are trained in and predictions are stored in (the name travels with every
+# prediction file). Scores are computed per slice in metrics.SLICE_SCALE units.
+UNITS = "volume-p995"
+UNITS_TEXT = (f"T2 divided by the {PERCENTILE}th percentile of its patient's brain T2 pixels "
+              "(all views), clipped to [0, 1]: the training targets' units, which a model "
+              "predicts from T1 alone")
 # Left-right is the row axis (-2) of axial and coronal slices (rows run right->left); a
 # sagittal slice has no left-right axis in its plane, so it is never flipped.
 LR_FLIP_VIEWS = ("axial", "coronal")
@@ -58,6 +53,12 @@ class MRISplit:
     patient_id: np.ndarray  # (N,) str
     view: np.ndarray        # (N,) str in VIEWS
     skipped_empty: int = 0  # slices of the source dropped for an all-zero T1 or T2 (not in N)
+    row: np.ndarray | None = None  # (N,) int64: each slice's row in the source split as read
+    #                                (counting the dropped ones); default 0..N-1
+
+    def __post_init__(self):
+        if self.row is None:
+            self.row = np.arange(len(self.t1), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.t1)
@@ -77,12 +78,11 @@ class MRISplit:
 class Slices(MRISplit):
     """Slices of several source splits in one set, with where each came from (see `pool`)."""
     split: np.ndarray | None = None   # (N,) str: the source split of each slice
-    row: np.ndarray | None = None     # (N,) int64: its row in that split
 
     def select(self, rows: np.ndarray) -> Slices:
         """The slices at integer indices `rows` (order kept)."""
         return Slices(self.t1[rows], self.t2[rows], self.patient_id[rows], self.view[rows], 0,
-                      self.split[rows], self.row[rows])
+                      self.row[rows], self.split[rows])
 
 
 def pool(splits: dict[str, MRISplit], names: list[str] | None = None) -> Slices:
@@ -96,8 +96,8 @@ def pool(splits: dict[str, MRISplit], names: list[str] | None = None) -> Slices:
     return Slices(*(np.concatenate([getattr(p, f) for p in parts])
                     for f in ("t1", "t2", "patient_id", "view")),
                   skipped_empty=sum(p.skipped_empty for p in parts),
-                  split=np.concatenate([np.full(len(p), s) for s, p in zip(names, parts)]),
-                  row=np.concatenate([np.arange(len(p)) for p in parts]))
+                  row=np.concatenate([p.row for p in parts]),
+                  split=np.concatenate([np.full(len(p), s) for s, p in zip(names, parts)]))
 
 
 # ---------------------------------------------------------------- reading the sources
@@ -215,7 +215,8 @@ def _drop_empty(arrays: dict[str, np.ndarray], split: str, source: DataSource
         raise DataError(f"{_name(source)}: every {contrast} slice of {split} is empty "
                         "(all zero, no brain)")
     out = {k: v if keep.all() else v[keep] for k, v in arrays.items()}
-    return {**out, "skipped_empty": np.array(n - int(keep.sum()))}
+    return {**out, "row": np.flatnonzero(keep).astype(np.int64),
+            "skipped_empty": np.array(n - int(keep.sum()))}
 
 
 def _name(source: DataSource) -> str:
@@ -236,6 +237,7 @@ def _validate(arrays: dict[str, np.ndarray]) -> None:
         assert arrays[f"{s}/t1"].shape == arrays[f"{s}/t2"].shape == (n, *SHAPE), f"{s} shapes"
         assert len(arrays[f"{s}/patient_id"]) == len(arrays[f"{s}/view"]) == n, f"{s} lengths"
         assert arrays[f"{s}/skipped_empty"].shape == (), f"{s} skipped count"
+        assert arrays[f"{s}/row"].shape == (n,), f"{s} rows"
 
 
 def cache_path(source: DataSource) -> Path:
@@ -276,7 +278,7 @@ def load_mri(source: DataSource) -> MRISplits:
     arrays = cache.load_or_build(cache_path(source), lambda: _build(source), _validate,
                                  CACHE_VERSION)
     splits = MRISplits(_name(source), {
-        s: MRISplit(**{k: arrays[f"{s}/{k}"] for k in ("t1", "t2", "patient_id", "view")},
+        s: MRISplit(**{k: arrays[f"{s}/{k}"] for k in ("t1", "t2", "patient_id", "view", "row")},
                     skipped_empty=int(arrays[f"{s}/skipped_empty"]))
         for s in _present(arrays)})
     skipped = {s: split.skipped_empty for s, split in splits.items()}
@@ -309,20 +311,6 @@ def volume_scales(images: np.ndarray, patient_id: np.ndarray) -> dict[str, float
         brain = values[values != 0]
         scales[pid] = float(np.percentile(brain, PERCENTILE)) if brain.size else 1.0
     return scales
-
-
-def t2_t1_ratio(t1_scales: dict[str, float], t2_scales: dict[str, float], patients) -> float:
-    """Median over `patients` of (T2 brain percentile / T1 brain percentile), from
-    `volume_scales` of each contrast: the training statistic behind the "t1-derived" scale."""
-    return float(np.median([t2_scales[p] / t1_scales[p] for p in patients]))
-
-
-def t1_derived_t2(t2: np.ndarray, patient_id: np.ndarray, t1_scales: dict[str, float],
-                  ratio: float) -> np.ndarray:
-    """(N, 1, 64, 64) float32: raw T2 slices divided by `ratio` x their patient's T1 brain
-    percentile, clipped to [0, 1] (the "t1-derived" scale: the target's own intensities unused)."""
-    divisor = np.array([ratio * t1_scales[p] for p in patient_id], np.float32)[:, None, None, None]
-    return np.clip(t2.astype(np.float32) / divisor, 0.0, 1.0)
 
 
 def normalise(split: MRISplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

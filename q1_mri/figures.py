@@ -1,10 +1,8 @@
-"""Q1 result figures: training curves, test examples, worst slices, per-view paired differences,
-per patient.
+"""Q1 result figures: training curves, test examples, worst slices, per patient.
 
 Drawn by q1_mri.eval from what it read (prediction files, the data's ground truth, history.csv);
-every number is per patient first, in the oracle per-volume p99.5 units unless a title says
-otherwise. Slices are shown rotated for display only (see `oriented`); the arrays and the models
-never see that rotation.
+every number is per patient first, in metrics.SLICE_SCALE units. Slices are shown rotated for
+display only (see `oriented`); the arrays and the models never see that rotation.
 """
 from __future__ import annotations
 
@@ -12,71 +10,67 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from common.plotting import save_figure
-from q1_mri.data import SCALE, VIEWS
+from q1_mri.data import VIEWS
 from q1_mri.display import ORIENTATION_NOTE, image_panel, mark_orientation, oriented, wrap_id
+from q1_mri.metrics import SLICE_SCALE, slice_scaled
 
-CURVES = (("train_loss", "training loss (L1 + 1-SSIM, + GAN term)"), ("masked_ssim", "SSIM in brain"),
-          ("masked_psnr", "PSNR in brain (dB)"), ("masked_mae", "MAE in brain"))
-DIFFERENCES = (("masked_ssim", "SSIM in brain"), ("masked_psnr", "PSNR in brain (dB)"),
-               ("masked_mae", "MAE in brain"))
+SCALE = SLICE_SCALE
+CURVES = (("train_loss", "training loss"), ("masked_ssim", "SSIM in brain"),
+          ("masked_psnr", "PSNR in brain (dB)"))
 MIN_WORST_FILL = 0.15   # worst slices are drawn among slices with at least this brain fraction
 ERROR_MAX = 0.5         # |error| colour scale, normalised units
 
 # ---------------------------------------------------------------- figures
 
 def plot_curves(histories: dict[str, dict[str, list[dict]]]) -> plt.Figure:
-    """Loss and brain metrics per epoch, mean over folds (band: min-max over folds); solid =
-    the fold's held-out test patients (monitor only), dashed = a training subset."""
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.6))
+    """Loss and brain metrics against training slices seen, mean over folds (band: min-max over
+    folds); solid = the fold's inner-validation patients (what picks the epoch), dashed = a
+    fixed subset of its training slices (the gap is over-fitting)."""
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for ax, (key, label) in zip(axes, CURVES):
         for i, (name, folds) in enumerate(histories.items()):
             n = min(len(h) for h in folds.values())
-            epochs = np.arange(1, n + 1)
-            for prefix, ls in (("heldout_", "-"), ("train_", "--")):
+            first = next(iter(folds.values()))
+            x = np.array([row["slices_seen"] for row in first[:n]]) / 1e3
+            for prefix, ls in (("val_", "-"), ("train_", "--")):
                 column = key if key == "train_loss" else prefix + key
                 if not all(column in h[0] for h in folds.values()):
                     continue
                 values = np.array([[row[column] for row in h[:n]] for h in folds.values()])
-                what = "" if key == "train_loss" else (" held out" if ls == "-" else " train")
-                ax.plot(epochs, values.mean(0), color=f"C{i}", ls=ls, label=f"{name}{what}")
+                what = "" if key == "train_loss" else (" inner val." if ls == "-" else " train")
+                ax.plot(x, values.mean(0), color=f"C{i}", ls=ls, marker=".", label=f"{name}{what}")
                 if len(values) > 1:
-                    ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}",
-                                    alpha=0.12, lw=0)
+                    ax.fill_between(x, values.min(0), values.max(0), color=f"C{i}", alpha=0.12,
+                                    lw=0)
                 if key == "train_loss":
                     break
-        ax.set(xlabel="epoch", ylabel=label, title=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="training slices seen (thousands)", ylabel=label, title=label)
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6))
     fig.suptitle("Training curves: mean over folds (band: min-max over folds)")
     return fig
 
 
-def plot_slices(rows: np.ndarray, truth, preds: dict[str, np.ndarray],
-                scores: dict[str, np.ndarray], models: list[str],
-                title: str = "Test slices") -> plt.Figure:
-    """One row per slice (index into truth.slices): T1 | true T2 | then per model: its
-    prediction | its |error|. Images in normalised units (0..1), errors on 0..ERROR_MAX.
-
-    preds: {model: (N, 1, H, W) prediction at the same rows}; scores: {model: (N,) brain SSIM
-    of each shown slice}, named on each row's label."""
+def plot_slices(slices, rows: np.ndarray, t1: np.ndarray, t2: np.ndarray,
+                preds: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> plt.Figure:
+    """One row per slice (`rows` index into `slices`): T1 | true T2 | then per model: its
+    prediction | its |error|. t1, t2 (n, 1, H, W) and preds {model: (n, 1, H, W)} in
+    SLICE_SCALE units (0..1); errors on 0..ERROR_MAX; scores {model: (n,) brain SSIM}."""
+    models = list(preds)
     cols = ["T1 (input)", "true T2"]
     for m in models:
         cols += [m, f"|error| {m}"]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.55 * len(cols) + 2.4,
                                                              1.75 * len(rows) + 0.8),
                              squeeze=False)
-    s = truth.slices
     gray = err = None
     for r, i in enumerate(rows):
-        view = str(s.view[i])
-        images = [truth.t1[i, 0], truth.t2[i, 0]]
+        view = str(slices.view[i])
+        images = [t1[r, 0], t2[r, 0]]
         for m in models:
-            pred = preds[m][r, 0].astype(np.float32)
-            images += [pred, np.abs(pred - truth.t2[i, 0])]
+            images += [preds[m][r, 0], np.abs(preds[m][r, 0] - t2[r, 0])]
         for c, (ax, img) in enumerate(zip(axes[r], images)):
             is_err = c >= 2 and c % 2 == 1
             im = image_panel(ax, oriented(img, view), cols[c], vmin=0,
@@ -84,17 +78,15 @@ def plot_slices(rows: np.ndarray, truth, preds: dict[str, np.ndarray],
                              cmap="magma" if is_err else "gray")
             err, gray = (im, gray) if is_err else (err, im)
         mark_orientation(axes[r, 0], view)
-        label = [wrap_id(s.patient_id[i]), view] + [f"{m} SSIM {scores[m][r]:.3f}"
-                                                    for m in models]
+        label = [wrap_id(slices.patient_id[i]), view] + [f"{m} SSIM {scores[m][r]:.3f}"
+                                                         for m in models]
         axes[r, 0].set_ylabel("\n".join(label), fontsize=7)
-    fig.colorbar(gray, ax=axes, shrink=0.45, pad=0.01,
-                 label=f"intensity (normalised, {SCALE} units)")
+    fig.colorbar(gray, ax=axes, shrink=0.45, pad=0.01, label=f"intensity ({SCALE} units)")
     if err is not None:
         fig.colorbar(err, ax=axes, shrink=0.45, pad=0.01, extend="max",
                      label=f"|prediction - true T2| ({SCALE} units)")
     fig.supxlabel(f"SSIM: brain-masked, {SCALE} units, data range 1. " + ORIENTATION_NOTE,
                   fontsize=7, wrap=True)
-    fig.suptitle(title)
     return fig
 
 
@@ -129,111 +121,65 @@ def pick_worst(slices, rows: np.ndarray, score: np.ndarray, n: int = 6,
     return candidates[np.argsort(score[candidates], kind="stable")[:n]]
 
 
-def per_view_patient(slices, idx: np.ndarray, values: np.ndarray, view: str) -> dict[str, float]:
-    """{patient: mean of `values` over its slices of `view`}; idx (n,) into `slices`."""
-    keep = slices.view[idx] == view
-    pid = slices.patient_id[idx][keep]
-    return {p: float(values[keep][pid == p].mean()) for p in np.unique(pid).tolist()}
-
-
-def plot_view_differences(slices, oof: dict, reference: str, methods: list[str]) -> plt.Figure:
-    """Each method minus `reference`, paired per patient, within each view (the tables give the
-    paired difference over all views only): bar = mean over patients, dots = the patients,
-    with how many patients improve under each bar."""
-    views = [v for v in VIEWS if (slices.view[oof[reference]["idx"]] == v).any()]
-    fig, axes = plt.subplots(1, len(DIFFERENCES), figsize=(4.4 * len(DIFFERENCES), 3.9))
-    width = 0.8 / max(1, len(methods))
-    for ax, (key, label) in zip(axes, DIFFERENCES):
-        for k, name in enumerate(methods):
-            for g, view in enumerate(views):
-                ref = per_view_patient(slices, oof[reference]["idx"],
-                                       oof[reference]["scores"][SCALE][key], view)
-                other = per_view_patient(slices, oof[name]["idx"],
-                                         oof[name]["scores"][SCALE][key], view)
-                d = np.array([other[p] - ref[p] for p in sorted(set(ref) & set(other))])
-                if not len(d):
-                    continue
-                x = g + k * width
-                ax.bar(x, d.mean(), width, color=f"C{k}", alpha=0.7,
-                       label=name if g == 0 else None)
-                jitter = np.linspace(-0.25, 0.25, len(d)) * width if len(d) > 1 else 0
-                ax.scatter(x + jitter, d, s=5, color="k", zorder=3)
-                better = int(((d < 0) if key == "masked_mae" else (d > 0)).sum())
-                ax.annotate(f"{better}/{len(d)}", (x, 0), xytext=(0, -9 if d.mean() > 0 else 3),
-                            textcoords="offset points", ha="center", fontsize=6)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(np.arange(len(views)) + width * (len(methods) - 1) / 2, views)
-        better = "lower" if key == "masked_mae" else "higher"
-        ax.set(title=f"{label}: method - {reference} ({better} is better)",
-               ylabel=f"difference in {label}", xlabel="view (dots: patients; n/m: improved)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
-               ncol=min(len(methods), 6))
-    fig.suptitle(f"Paired per-patient differences from {reference}, per view")
+def plot_patients(methods: dict, reference: str, key: str = "masked_ssim") -> plt.Figure:
+    """Per patient, each method's brain SSIM against the reference's: a dot above the diagonal
+    is a patient the method serves better (the paired comparison behind the tables)."""
+    ref = {p: v[key] for p, v in methods[reference]["per_patient"].items()}
+    others = [m for m in methods if m != reference]
+    fig, ax = plt.subplots(figsize=(5.8, 5.2))
+    lo, hi = min(ref.values()), max(ref.values())
+    for c, m in enumerate(others):
+        mine = {p: v[key] for p, v in methods[m]["per_patient"].items() if p in ref}
+        x, y = [ref[p] for p in mine], list(mine.values())
+        better = sum(b > a for a, b in zip(x, y))
+        ax.scatter(x, y, s=14, color=f"C{c}", label=f"{m}: better for {better} of {len(x)}")
+        lo, hi = min(lo, *y), max(hi, *y)
+    pad = 0.02 * (hi - lo)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=0.8, ls=":")
+    ax.set(xlabel=f"{reference}: brain SSIM per patient", ylabel="method: brain SSIM per patient",
+           title=f"Per patient ({SCALE} units), above the diagonal = better than {reference}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("The paired comparison, patient by patient (out of fold)")
     return fig
 
 
-def plot_patients(methods: dict, key: str = "masked_ssim") -> plt.Figure:
-    """Per-patient brain SSIM of every method, one line per patient: the paired comparison.
-    With the identity baseline (far below the rest) a second panel leaves it out, so the
-    differences among the others are visible."""
-    names = list(methods)
-    zoom = [n for n in names if n.split("+")[0] != "identity"]
-    panels = [names] + ([zoom] if 1 < len(zoom) < len(names) else [])
-    patients = sorted(set().union(*(m["scores"][SCALE]["per_patient"] for m in methods.values())))
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(max(4, 1.1 * len(p)) for p in panels)
-                                                      + 2.5, 4), squeeze=False)
-    for ax, shown in zip(axes[0], panels):
-        for j, p in enumerate(patients):
-            y = [methods[n]["scores"][SCALE]["per_patient"].get(p, {}).get(key, np.nan)
-                 for n in shown]
-            ax.plot(range(len(shown)), y, marker="o", ms=3, lw=1, color=f"C{j % 10}", label=p)
-        ax.set_xticks(range(len(shown)), shown, rotation=20, ha="right")
-        ax.set(xlabel="method", ylabel="SSIM in brain (mean over the patient's slices)",
-               title="each line joins one patient's values" if shown is names
-               else "zoom: without the identity baseline")
-    if len(patients) <= 12:
-        axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Brain SSIM per patient and method")
-    return fig
+def scaled(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(n, 1, H, W) images in SLICE_SCALE units (numpy in and out)."""
+    import torch
+    return slice_scaled(torch.from_numpy(np.asarray(images, np.float32)),
+                        torch.from_numpy(mask)).numpy()
 
 
 def write_all(folder: Path, truth, oof: dict, result: dict, source_label: str) -> None:
-    """Every Q1 result figure from the pooled predictions `oof` of q1_mri.eval."""
-    methods = result["methods"]
-    histories = {m: o["history"] for m, o in oof.items() if o["history"]}
+    """Every Q1 result figure from the pooled test predictions `oof` of q1_mri.eval."""
+    methods = {m: e for m, e in result["methods"].items() if not e["problems"]} or result["methods"]
+    histories = {m: oof[m]["history"] for m in methods if oof[m].get("history")
+                 and m.split("-")[0] not in ("identity", "linear", "lut")}
     if histories:
         save_figure(plot_curves(histories), folder / "curves.png",
-                    "Training curves (EMA weights, scored each epoch; held out = the fold's test "
-                    "patients, monitor only)", source_label)
-    models = [m for m in oof if m in histories] or [m for m in ("linear",) if m in oof] \
-        or list(oof)[:1]
-    if result.get("final_model"):                  # external: the final model and the baselines
-        models = list(oof)
-    rows = oof[models[0]]["idx"]
-    for m in models[1:]:
+                    "Training curves (EMA weights scored after each epoch)", source_label)
+    shown = [m for m in (result.get("chosen_model"), result["paired"]["reference"]) if m in oof]
+    shown = list(dict.fromkeys(shown)) or list(oof)[:1]
+    rows = oof[shown[0]]["idx"]
+    for m in shown[1:]:
         rows = np.intersect1d(rows, oof[m]["idx"])
-    at = {m: np.searchsorted(oof[m]["idx"], rows) for m in models}
-    ssim = {m: oof[m]["scores"][SCALE]["masked_ssim"][at[m]] for m in models}
-    best = max(models, key=lambda m: methods[m]["scores"][SCALE]["overall"]["masked_ssim"]["mean"])
+    at = {m: np.searchsorted(oof[m]["idx"], rows) for m in shown}
+    ssim = {m: oof[m]["scores"]["masked_ssim"][at[m]] for m in shown}
+    s, best = truth.slices, shown[0]
     for name, picked, title in (
-            ("examples.png", pick_examples(truth.slices, rows, ssim[best]),
-             f"Test examples per view: slices near the view's median brain SSIM of {best}, "
-             "out of fold"),
-            ("worst_slices.png", pick_worst(truth.slices, rows, ssim[best]),
-             f"Worst slices by brain SSIM of {best}, among slices with >= "
-             f"{100 * MIN_WORST_FILL:.0f} % of the image in the brain mask")):
-        preds = {m: oof[m]["pred"][at[m][picked]] for m in models}
-        save_figure(plot_slices(rows[picked], truth, preds, {m: ssim[m][picked] for m in models},
-                                models), folder / name, title, source_label)
+            ("examples.png", pick_examples(s, rows, ssim[best]),
+             f"Test slices per view near the view's median brain SSIM of {best}, out of fold"),
+            ("worst_slices.png", pick_worst(s, rows, ssim[best]),
+             f"Worst test slices by brain SSIM of {best}, among slices with >= "
+             f"{100 * MIN_WORST_FILL:.0f} % of the image in the brain")):
+        i = rows[picked]
+        mask = truth.mask[i]
+        fig = plot_slices(s, i, scaled(s.t1[i], mask), scaled(s.t2[i], mask),
+                          {m: scaled(oof[m]["pred"][at[m][picked]], mask) for m in shown},
+                          {m: ssim[m][picked] for m in shown})
+        fig.suptitle(title)
+        save_figure(fig, folder / name, title, source_label)
     reference = result["paired"]["reference"]
-    others = [m for m in methods if m != reference and m in oof]
-    networks = [m for m in others if m.split("-")[0].split("+")[0] not in ("identity", "linear")]
-    if others:
-        save_figure(plot_view_differences(truth.slices, oof, reference, networks or others),
-                    folder / "per_view_bars.png",
-                    f"Per view, paired per patient: each {'network' if networks else 'method'} "
-                    f"minus {reference} ({SCALE} units"
-                    + ("; the baselines are in per_patient.png)" if networks else ")"),
-                    source_label)
-    save_figure(plot_patients(methods), folder / "per_patient.png",
-                f"Brain SSIM per patient ({SCALE} units): the paired comparison", source_label)
+    if reference in methods and len(methods) > 1:
+        save_figure(plot_patients(methods, reference), folder / "per_patient.png",
+                    f"Brain SSIM per patient against {reference} ({SCALE} units)", source_label)

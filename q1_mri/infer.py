@@ -1,10 +1,13 @@
-"""Predict every slice of another dataset with the deployable final model (make q1-final).
+"""Predict every slice of another dataset with the deployed Q1 model (make q1-final).
 
-Used by `q1_mri.eval --data OTHER --trained-on SOURCE`: this is the one place where a trained
-model runs outside training. It writes prediction files in the usual format
-(q1_mri.prediction_file, split_id "external"), which evaluation then scores: the final model's
-(with the test-time flip when the cross-validation chose it) and the two baselines', fitted on
-every patient of SOURCE.
+    python -m q1_mri.infer --data OTHER --trained-on ../shared/data/mri --out p.npz
+    python -m q1_mri.eval --data OTHER --predictions p.npz       # then score it
+
+The deployed model is the k fold models of final.json (q1_mri.final); their predicted T2 are
+averaged (each flip-averaged where the cross-validation chose the flip). The file's `row` is
+each slice's row in its split of OTHER as read, so every prediction maps back to the input
+(slices with an empty T1 or T2 are skipped and have no row in the file); `units` names the
+intensity units (data.UNITS).
 """
 from __future__ import annotations
 
@@ -13,76 +16,59 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointError, load_checkpoint
-from common.io import read_json
-from common.runtime import configure_threads, select_device
-from q1_mri.baselines import fit_linear, predict_baselines
-from q1_mri.data import SCALE, Slices, load_mri, normalise, pool, to_device
+from common import cli
+from common.checkpoint import load_weights
+from common.results import results_dir
+from common.runtime import configure_threads, precision, select_device
+from q1_mri.data import UNITS, load_mri, pool, resolve_source, to_device
+from q1_mri.final import read_final
 from q1_mri.model import build_model
 from q1_mri.neighbours import neighbour_rows
 from q1_mri.predict import predict_with_flip
 from q1_mri.prediction_file import save_predictions
 
-EXTERNAL = "external"
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__.splitlines()[0])
+    cli.add_data_args(p)
+    p.add_argument("--trained-on", required=True,
+                   help="the source whose deployed model (make q1-final) predicts --data")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the prediction file to write")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    return p.parse_args(argv)
 
 
-def final_run(run_root: Path) -> Path:
-    """The newest `<model>-all-seed<s>` folder with a finished run (summary.json)."""
-    runs = sorted((f for f in run_root.glob("*-all-seed*")
-                   if (f / "checkpoint.pt").exists() and (f / "summary.json").exists()),
-                  key=lambda f: f.stat().st_mtime)
-    if not runs:
-        raise CheckpointError(f"no final Q1 model in {run_root}: run `make q1-final` (python -m "
-                              "q1_mri.train --split all --from-cv) first")
-    return runs[-1]
-
-
-def load_model(path: Path, device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a translator from its checkpoint alone and load the EMA weights.
-
-    A truncated file, or one that does not hold a Q1 translator, raises CheckpointError.
-    """
-    ck = load_checkpoint(path, device)
-    try:
-        model = build_model(**ck["model_args"]).to(device)
-        model.load_state_dict(ck["ema"]["shadow"])
-    except (TypeError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} does not hold a Q1 translator's EMA weights "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
-    return model, ck
-
-
-def predict_external(run_root: Path, train_source, test_source, out_dir: Path, device: str
-                     ) -> tuple[dict[str, Path], dict, Slices]:
-    """Write out_dir/predictions-<method>.npz for every slice of `test_source`.
-
-    Returns {method: file}, the final run's description and the test slices.
-    """
+def main(args) -> Path:
     configure_threads()
-    device = select_device(device)
-    folder = final_run(run_root)
-    summary = read_json(folder / "summary.json")
-    final = summary.get("final_choice") or {"model": summary["model"], "flip": False}
-    model, ck = load_model(folder / "checkpoint.pt", device)
-    slices = pool(load_mri(test_source))
+    device = select_device(args.device)
+    root = results_dir("q1", resolve_source(args.trained_on), args.results_root)
+    final = read_final(root)
+    source = resolve_source(args.data)
+    slices = pool(load_mri(source))
     data = to_device(slices, device)
-    n = ck["model_args"].get("neighbours", 0)
-    neighbours = torch.from_numpy(neighbour_rows(slices, n, require=False)[0]).to(device) if n else None
     rows = np.arange(len(slices))
-    plain, flipped = predict_with_flip(model, data, neighbours, rows, device)
-    method = final["model"] + ("+flip" if final.get("flip") else "")
-    preds = {method: (flipped if final.get("flip") else plain).cpu().numpy()}
-    train = pool(load_mri(train_source))
-    t1, t2, mask = normalise(train)
-    t1_test = data["t1"].float().cpu().numpy()
-    preds.update(predict_baselines(t1_test, fit_linear(t1, t2, mask)))
-    files = {}
-    for name, pred in preds.items():
-        files[name] = save_predictions(out_dir / f"predictions-{name}.npz", slices.row,
-                                       slices.split, slices.patient_id, slices.view, pred,
-                                       scale=SCALE, model=name, split_id=EXTERNAL,
-                                       data_tag=test_source.tag, dtype=np.float32)
-    print(f"final {method} ({folder.name}) predicted {len(slices)} slices of {test_source.label}")
-    return files, {"run": folder.name, "method": method, "epochs": ck["epoch"],
-                   "final_choice": final, "train_patients": len(np.unique(train.patient_id)),
-                   "train_slices": len(train)}, slices
+    amp, _ = precision(device, cpu_bf16=True)
+    total = None
+    for e in final["folds"].values():
+        weights = load_weights(root / e["weights"], device)
+        model = build_model(**weights["model_args"]).to(device)
+        model.load_state_dict(weights["ema"]["shadow"])
+        n = weights["model_args"].get("neighbours", 0)
+        neighbours = (torch.from_numpy(neighbour_rows(slices, n, require=False)[0]).to(device)
+                      if n else None)
+        plain, flipped = predict_with_flip(model, data, neighbours, rows, device, amp=amp)
+        pred = (flipped if final["flip"] else plain).cpu().numpy().astype(np.float64)
+        total = pred if total is None else total + pred
+    mean = (total / len(final["folds"])).astype(np.float32)
+    path = save_predictions(Path(args.out), slices.row, slices.split, slices.patient_id,
+                            slices.view, np.full(len(slices), "test"), mean, units=UNITS,
+                            model=final["method"], split_id="external", data_tag=source.tag,
+                            dtype=np.float32)
+    print(f"deployed {final['method']} ({len(final['folds'])} fold models, trained on "
+          f"{final['data_label']}) predicted {len(slices)} slices of {source.label}; written to "
+          f"{path}")
+    return path
+
+
+if __name__ == "__main__":
+    cli.run_main(lambda: main(parse_args()))

@@ -3,6 +3,11 @@
 All take batches of normalised images (B, 1, H, W) float tensors and return one value per image
 (B,). `mask` (B, 1, H, W) bool restricts a metric to brain pixels. `data_range` is the nominal
 range of the normalised images (1.0 here), stated next to every reported number.
+
+Scores are computed in SLICE_SCALE units (`slice_scaled`): truth and prediction alike divided
+by the 99.5th percentile of their own brain pixels in that slice, so a gain error over a whole
+slice (a T2 intensity a model cannot know from T1) does not count, and every slice weighs the
+same whatever its scanner scale.
 """
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ import torch.nn.functional as F
 
 SSIM_WINDOW = 7          # as skimage.metrics.structural_similarity's default
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+SLICE_PERCENTILE = 99.5
+SLICE_SCALE = "slice-p995"
+SLICE_SCALE_TEXT = (f"each slice, truth and prediction alike, divided by the {SLICE_PERCENTILE}th "
+                    "percentile of its own brain pixels (the truth's brain mask), clipped to [0, 1]")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -77,3 +86,20 @@ def all_metrics(gt: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
         out[f"{region}psnr"] = psnr(gt, pred, data_range, m)
         out[f"{region}ssim"] = _masked_mean(local, None if m is None else m[..., pad:-pad, pad:-pad])
     return out
+
+
+def slice_scaled(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) images -> the same divided by the SLICE_PERCENTILE-th percentile of each
+    image's pixels inside `mask` (B, 1, H, W) bool, clipped to [0, 1]; 0 outside the mask.
+    An image whose masked pixels are all 0 stays 0."""
+    x = images.float().flatten(1)
+    m = mask.flatten(1)
+    q = torch.nanquantile(torch.where(m, x, torch.nan), SLICE_PERCENTILE / 100, dim=1)
+    q = torch.nan_to_num(q, nan=1.0).clamp_min(1e-6)[:, None]
+    return torch.where(m, (x / q).clamp(0, 1), 0).reshape(images.shape)
+
+
+def slice_scores(gt: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+    """Every metric of `all_metrics` in SLICE_SCALE units (data range 1), one value per image."""
+    return all_metrics(slice_scaled(gt, mask), slice_scaled(pred, mask), mask, 1.0)

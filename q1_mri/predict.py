@@ -1,17 +1,18 @@
 """Running a Q1 translator: its input (2-D or 2.5-D), batched prediction, test-time flips.
 
-Shared by training (per-epoch monitor, the run's prediction file) and q1_mri.infer (a final
-model on other data); evaluation never imports it.
+Shared by training (per-epoch monitor, the run's prediction file) and q1_mri.infer (the
+deployed model on other data); evaluation never imports it.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 
-from common.runtime import autocast
 from q1_mri.data import LR_FLIP_VIEWS, VIEWS
 
-FLIP_VIEW_INDEX = [VIEWS.index(v) for v in LR_FLIP_VIEWS]
+_FLIP_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
 def model_input(t1: torch.Tensor, neighbours: torch.Tensor | None, idx: torch.Tensor
@@ -27,18 +28,23 @@ def model_input(t1: torch.Tensor, neighbours: torch.Tensor | None, idx: torch.Te
 
 
 def lr_flippable(view: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether a slice of this view index has a left-right axis (its rows)."""
-    return torch.isin(view, torch.tensor(FLIP_VIEW_INDEX, device=view.device))
+    """(B,) bool: whether a slice of this view index has a left-right axis (its rows). The
+    lookup table is built once per device, so no host copy happens inside a training step."""
+    table = _FLIP_TABLES.get(view.device)
+    if table is None:
+        table = torch.tensor([v in LR_FLIP_VIEWS for v in VIEWS], device=view.device)
+        _FLIP_TABLES[view.device] = table
+    return table[view]
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, t1: torch.Tensor, neighbours: torch.Tensor | None,
             rows: np.ndarray, device: torch.device, flip: torch.Tensor | None = None,
-            batch_size: int = 256) -> torch.Tensor:
+            batch_size: int = 256, amp=contextlib.nullcontext) -> torch.Tensor:
     """(n, 1, H, W) float32 predicted T2 for slices `rows` of the set `t1` (N, 1, H, W).
 
     flip: (N,) bool; where true the input is mirrored left-right (rows, axis -2) and the
-    prediction mirrored back.
+    prediction mirrored back. amp: the forward pass's precision context (common.runtime).
     """
     model.eval()
     out = []
@@ -49,7 +55,7 @@ def predict(model: torch.nn.Module, t1: torch.Tensor, neighbours: torch.Tensor |
         mirror = flip[idx][:, None, None, None] if flip is not None else None
         if mirror is not None:
             x = torch.where(mirror, x.flip(-2), x)
-        with autocast(device):
+        with amp():
             y = model(x.to(device)).float()
         if mirror is not None:
             y = torch.where(mirror.to(device), y.flip(-2), y)
@@ -58,14 +64,15 @@ def predict(model: torch.nn.Module, t1: torch.Tensor, neighbours: torch.Tensor |
 
 
 def predict_with_flip(model: torch.nn.Module, data: dict, neighbours: torch.Tensor | None,
-                      rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                      rows: np.ndarray, device: torch.device, amp=contextlib.nullcontext
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(plain, flip-averaged) predictions for `rows` of a to_device() dict, each (n, 1, H, W).
 
     The flip-averaged one is the mean of the plain prediction and the mirrored prediction of
     the left-right mirrored slice, on axial and coronal slices; sagittal ones stay plain.
     """
     flippable = lr_flippable(data["view"])
-    plain = predict(model, data["t1"], neighbours, rows, device)
-    mirrored = predict(model, data["t1"], neighbours, rows, device, flip=flippable)
+    plain = predict(model, data["t1"], neighbours, rows, device, amp=amp)
+    mirrored = predict(model, data["t1"], neighbours, rows, device, flip=flippable, amp=amp)
     use = flippable[torch.as_tensor(rows, dtype=torch.int64)].to(device)[:, None, None, None]
     return plain, torch.where(use, (plain + mirrored) / 2, plain)

@@ -1,7 +1,6 @@
 """Q1 tables for the notebook, built from results/q1/<source>/metrics.json (q1_mri.eval).
 
-Every number is a mean over patients of per-patient means; the scale it is in is named in the
-table (the oracle per-volume p99.5 unless said otherwise).
+Every number is a mean over patients of per-patient means, in metrics.SLICE_SCALE units.
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from q1_mri.demo import make_demo_mri
 
 LABELS = {"masked_ssim": "SSIM", "masked_psnr": "PSNR (dB)", "masked_mae": "MAE",
           "ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
-T1_SCALE = "t1-derived"
 
 
 def counts_table(splits: dict[str, MRISplit]) -> Markdown:
@@ -40,23 +38,14 @@ def intensity_table(stats: dict) -> Markdown:
 
 
 def models_table(metrics: dict) -> Markdown:
-    """What each method is and what it cost (training time summed over the folds)."""
-    rows = [[name, m.get("parameters"), m.get("epochs"), m.get("wall_time_s"),
-             m.get("slices_per_s"), m.get("device"), m["description"]]
+    """What each method is, what it cost (training time summed over the folds), its best
+    epochs and the inner-validation score that chose its flip and the deployed model."""
+    rows = [[name, m.get("parameters"), " / ".join(str(e) for e in m["best_epoch"].values()),
+             m.get("wall_time_s") or None, m.get("slices_per_s"), m["inner_validation"]["score"],
+             "yes" if m["inner_validation"]["flip"] else "no", m["description"]]
             for name, m in metrics["methods"].items()]
-    return table(["method", "parameters", "epochs", "training time, all folds (s)", "slices/s",
-                  "device", "what it is"], rows)
-
-
-def overfitting_table(metrics: dict) -> Markdown:
-    """Brain SSIM on the training and held-out monitor subsets at the last epoch (mean over
-    folds), and where the held-out curve peaks (reported only; the final weights are what is
-    evaluated)."""
-    rows = [[name, m["monitor"]["final_train_masked_ssim"], m["monitor"]["final_heldout_masked_ssim"],
-             f"{m['monitor']['peak_heldout_masked_ssim']:.3f} (epoch {m['monitor']['peak_epoch']})"]
-            for name, m in metrics["methods"].items() if m.get("monitor")]
-    return table(["model", "train SSIM, last epoch", "held-out SSIM, last epoch",
-                  "held-out SSIM, best epoch"], rows)
+    return table(["method", "parameters", "best epoch per fold", "training time, all folds (s)",
+                  "slices/s", "inner-validation brain SSIM", "flip", "what it is"], rows)
 
 
 def complete(metrics: dict) -> dict:
@@ -75,39 +64,24 @@ def _stat(s: dict, digits: int) -> str:
     return f"{s['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd == sd and sd is not None else "")
 
 
-def metrics_table(metrics: dict, masked: bool = True, scale: str | None = None) -> Markdown:
+def metrics_table(metrics: dict, masked: bool = True) -> Markdown:
     """Mean over patients of per-patient means, overall and per view, with a 95 % patient
     bootstrap interval (>= 5 patients) or ± sd over patients."""
-    scale = scale or metrics["headline_scale"]
-    keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr", "mae")]
+    scale = metrics["scale"]
+    keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr")] + (
+        ["masked_mae"] if masked else [])
     rows = []
     for name, m in complete(metrics).items():
-        sc = m["scores"][scale]
-        for view, agg in [("all", sc["overall"]), *sc["per_view"].items()]:
+        for view, agg in [("all", m["overall"]), *m["per_view"].items()]:
             rows.append([name, view] + [_stat(agg[k], 2 if "psnr" in k else 3) for k in keys])
     region = "brain" if masked else "whole image"
     return table(["method", "view"] + [f"{LABELS[k]} ({region}, {scale})" for k in keys], rows)
 
 
-def pooled_table(metrics: dict) -> Markdown:
-    """The headline (mean over patients) beside the slice-weighted mean it replaces, and the
-    same in the T1-derived scale: what the weighting and the oracle gain are worth."""
-    head = metrics["headline_scale"]
-    rows = []
-    for name, m in complete(metrics).items():
-        o, t = m["scores"][head]["overall"], m["scores"][T1_SCALE]["overall"]
-        rows.append([name, f"{o['masked_ssim']['mean']:.3f}", f"{o['masked_ssim']['slice_mean']:.3f}",
-                     f"{t['masked_ssim']['mean']:.3f}", f"{o['masked_psnr']['mean']:.2f}",
-                     f"{t['masked_psnr']['mean']:.2f}"])
-    return table(["method", f"SSIM per patient ({head})", "SSIM slice-weighted",
-                  f"SSIM per patient ({T1_SCALE})", f"PSNR ({head})", f"PSNR ({T1_SCALE})"], rows)
-
-
-def patient_table(metrics: dict, key: str = "masked_ssim", scale: str | None = None) -> Markdown:
+def patient_table(metrics: dict, key: str = "masked_ssim") -> Markdown:
     """One row per patient: its fold, slices and `key` under every method."""
-    scale = scale or metrics["headline_scale"]
     methods = complete(metrics)
-    tables = [m["scores"][scale]["per_patient"] for m in methods.values()]
+    tables = [m["per_patient"] for m in methods.values()]
     patients = sorted(set().union(*tables))
     info = {p: next(t[p] for t in tables if p in t) for p in patients}
     rows = [[p, info[p].get("fold", "–"), info[p]["slices"]]
@@ -115,16 +89,16 @@ def patient_table(metrics: dict, key: str = "masked_ssim", scale: str | None = N
     return table(["patient", "fold", "slices"] + [f"{m}" for m in methods], rows)
 
 
-def paired_table(metrics: dict, scale: str | None = None) -> Markdown:
+def paired_table(metrics: dict) -> Markdown:
     """Each method minus the reference, paired per patient: mean difference (interval or sd)
     and how many patients improve, for brain SSIM, PSNR and MAE."""
-    scale = scale or metrics["headline_scale"]
+    scale = metrics["scale"]
     ref = metrics["paired"]["reference"]
     rows = []
-    for name, by_scale in metrics["paired"]["methods"].items():
+    for name, by_key in metrics["paired"]["methods"].items():
         row = [f"{name} − {ref}"]
         for k in ("masked_ssim", "masked_psnr", "masked_mae"):
-            p = by_scale[scale][k]
+            p = by_key[k]
             digits = 2 if "psnr" in k else 3
             row.append(f"{_stat({'mean': p['mean_diff'], 'sd': p['sd_diff'], 'ci95': p['ci95']}, digits)}"
                        f"; {p['improved']}/{p['patients']} better")

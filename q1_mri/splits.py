@@ -1,4 +1,4 @@
-"""Which patients train and which are tested in each Q1 run, decided once and written to a file.
+"""Which patients train, tune and are tested in each Q1 run, decided once and written to a file.
 
 Schemes (each a list of folds, one training run per fold):
   kfold     every patient of the source (its train and validation splits pooled) is in the
@@ -7,11 +7,11 @@ Schemes (each a list of folds, one training run per fold):
             round robin, so fold sizes differ by at most one patient.
   official  the source's own validation split is the test set, its train split trains (the
             Hub's 369 patients); the two are checked to share no patient.
-  all       one fold, every patient trains (the deployable final model; nothing is held out).
-There is no inner validation: runs follow a fixed schedule and keep their final EMA weights, so
-nothing is chosen on the test patients.
+In every fold, INNER_FRACTION of the training patients (at least one, seeded) are the inner
+validation ("val"): they choose the epoch of each run, and evaluation chooses the model, the
+width and the test-time flip on them. The test patients are predicted once and choose nothing.
 
-The split file, results/q1/<source>/splits/<kfold4-seed0 | official | all>.json, is written
+The split file, results/q1/<source>/splits/<kfold5-seed0 | official-seed0>.json, is written
 once; later runs read it and refuse a file made from other data. Nothing re-derives a split.
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ from common.cli import DataError
 from common.splitfile import load_or_write
 from q1_mri.data import Slices
 
-ROLES = ("train", "test")
-SCHEMES = ("kfold", "official", "all")
+ROLES = ("train", "val", "test")
+SCHEMES = ("kfold", "official")
+INNER_FRACTION = 1 / 6
 
 
 def patients_of(slices: Slices) -> dict[str, str]:
@@ -44,27 +45,38 @@ def assign(patients: dict[str, str], scheme: str, folds: int, seed: int
            ) -> dict[str, dict[str, str]]:
     """{fold name: {patient: role}} for a scheme (see the module docstring)."""
     ids = sorted(patients)
-    if scheme == "all":
-        return {"all": dict.fromkeys(ids, "train")}
     if scheme == "official":
         held = [p for p in ids if patients[p] == "validation"]
         if not held or len(held) == len(ids):
             raise DataError("--split official needs patients in both the train and the "
                             f"validation split (this data: {sorted(set(patients.values()))})")
-        return {"official": {p: "test" if patients[p] == "validation" else "train" for p in ids}}
-    if scheme != "kfold":
+        outer = {"official": {p: "test" if patients[p] == "validation" else "train" for p in ids}}
+    elif scheme == "kfold":
+        if folds < 2 or len(ids) < 2 * folds:
+            raise DataError(f"a {folds}-fold cross-validation with inner validation needs at "
+                            f"least {2 * max(folds, 2)} patients and 2 folds; the data has "
+                            f"{len(ids)} patient(s)")
+        order = np.random.default_rng(seed).permutation(len(ids))
+        fold_of = {ids[i]: k % folds for k, i in enumerate(order)}
+        outer = {f"fold{f}": {p: "test" if fold_of[p] == f else "train" for p in ids}
+                 for f in range(folds)}
+    else:
         raise ValueError(f"unknown scheme {scheme}")
-    if folds < 2 or len(ids) < folds:
-        raise DataError(f"a {folds}-fold cross-validation needs at least {max(folds, 2)} "
-                        f"patients and 2 folds; the data has {len(ids)} patient(s)")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    fold_of = {ids[i]: k % folds for k, i in enumerate(order)}
-    return {f"fold{f}": {p: "test" if fold_of[p] == f else "train" for p in ids}
-            for f in range(folds)}
+    return {name: inner_validation(roles, seed) for name, roles in outer.items()}
+
+
+def inner_validation(roles: dict[str, str], seed: int) -> dict[str, str]:
+    """The same roles with round(INNER_FRACTION x training patients) of them (at least 1, at
+    most all but one; seeded) turned into inner validation ("val")."""
+    train = sorted(p for p, r in roles.items() if r == "train")
+    n = min(max(1, round(INNER_FRACTION * len(train))), len(train) - 1)
+    chosen = set(np.random.default_rng(seed + 1).choice(train, n, replace=False).tolist())
+    return {p: "val" if p in chosen else r for p, r in roles.items()}
 
 
 def split_path(split_dir: Path, scheme: str, folds: int, seed: int) -> Path:
-    return split_dir / (f"kfold{folds}-seed{seed}.json" if scheme == "kfold" else f"{scheme}.json")
+    return split_dir / (f"kfold{folds}-seed{seed}.json" if scheme == "kfold"
+                        else f"{scheme}-seed{seed}.json")
 
 
 def data_id(data_tag: str, slices: Slices) -> dict:
@@ -82,6 +94,7 @@ def open_split(root: Path, data_tag: str, slices: Slices, scheme: str, folds: in
 
     def build() -> dict:
         return {"scheme": scheme, "folds_k": folds if scheme == "kfold" else 1, "seed": seed,
+                "inner_fraction": INNER_FRACTION,
                 **ident, "source_split": patients,
                 "folds": {name: {"roles": roles}
                           for name, roles in assign(patients, scheme, folds, seed).items()}}
@@ -96,7 +109,8 @@ def split_id(split: dict, fold: str) -> str:
 
 
 def slice_roles(entry: dict, slices: Slices) -> np.ndarray:
-    """(N,) role of every slice ("train" / "test") under one fold's {"roles": {patient: role}}.
+    """(N,) role of every slice ("train" / "val" / "test") under one fold's {"roles": {patient:
+    role}}.
 
     Refuses a fold that misses a patient of the data or gives a role outside ROLES, and checks
     that no patient ends up in two roles.

@@ -1,42 +1,39 @@
-"""Train one Q1 run (model x fold x seed) on device-resident slices; write its test predictions.
+"""Train one Q1 run (model x fold x seed) on device-resident slices; write its predictions.
 
-    python -m q1_mri.train --data ../shared/data/mri --model unet --split kfold --folds 4 --fold 0
+    python -m q1_mri.train --data ../shared/data/mri --model unet --fold 0
     python -m q1_mri.train --data hub --model unet25d --split official
-    python -m q1_mri.train --data ../shared/data/mri --split all --from-cv    # the final model
 
 Every slice of the source (train and validation splits pooled) is one tensor on the device;
 batches are drawn by index and augmented there, so no per-slice Python runs inside the loop.
-The split comes from the split file (q1_mri.splits), written once per scheme and seed. The
-schedule is fixed (--epochs x --slices-per-epoch, warm-up then cosine decay) and the final EMA
-weights are the run's model: nothing is chosen on the test patients. Writes
-results/q1/<source>/<run>/: split.json, checkpoint.pt (every epoch, atomically), history.csv,
-summary.json and predictions.npz (the test patients' slices; q1_mri.eval reads it).
+The split comes from the split file (q1_mri.splits): train, inner validation and test patients.
+After every epoch the EMA weights are scored on the inner-validation patients (brain SSIM per
+slice in metrics.SLICE_SCALE units, averaged per patient, then over patients); the best
+epoch's weights are kept (best.pt) and predict the inner-validation and test slices
+(predictions.npz, which q1_mri.eval reads). The test patients choose nothing.
 
-Default schedule: 16 epochs of 1,280 slices (640 steps of 32). On the local data the
-validation curves of 40-epoch runs had flattened by epoch 12-20 (of 2,530 slices each); 16 x
-1,280 = 20k slices is a U-Net run of about 12 min in fp32 on 2 CPU cores (~28 slices/s), so
-the 4-fold protocol for two models fits in 2 hours there, minutes on a GPU. On CUDA the
-defaults use the device: batches of 256 (the learning rate scaled by sqrt(256 / 32)), the model
-torch.compiled, fused AdamW, bf16 autocast and augmentation drawn on the device; the CPU
-defaults are unchanged. The resolved batch size, learning rate and compile go into config.json.
+Budgets (--budget): cpu, 8 epochs of half a pass over the training slices (sized so `make q1`
+fits 2 CPU cores), the default on the CPU; full, 20 epochs of one pass, the default on CUDA.
+On CUDA batches are 8x larger (the learning rate scaled by sqrt(8)), the model is
+torch.compiled, AdamW fused, and augmentation drawn on the device. bf16 autocast runs on CUDA
+and on CPUs with AMX-BF16 units (there it is 1.4-2.7x faster than fp32, measured).
+Model recipes: our U-Nets train on L1 + (1 - SSIM) with augmentation, AdamW and a weight EMA;
+the plain reference (--model plain) on L1 alone with Adam, batches of 64 and no augmentation.
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common import cli
-from common.checkpoint import load_checkpoint, restore, save_checkpoint
 from common.ema import ModelEMA
-from common.io import write_csv, write_json
+from common.loop import RunBook, checkpoint_state, elapsed
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
-from common.runs import check_resume, locked, run_name
+from common.runs import locked, run_name
 from common.runtime import (
     adamw,
     compile_enabled,
@@ -47,81 +44,80 @@ from common.runtime import (
     grad_scaler,
     optimiser_step,
     precision,
-    rng_state,
     seed_everything,
     select_device,
-    set_rng_state,
 )
 from common.schedule import warmup_cosine
-from common.splitfile import cv_choice
 from q1_mri import splits
-from q1_mri.data import DATA_RANGE, SCALE, load_mri, pool, resolve_source, to_device
-from q1_mri.metrics import all_metrics, ssim
-from q1_mri.model import MODELS, PatchDiscriminator, build_model, model_args
+from q1_mri.data import UNITS, Slices, load_mri, pool, resolve_source, to_device
+from q1_mri.metrics import slice_scores, ssim
+from q1_mri.model import MODELS, build_model, model_args
 from q1_mri.neighbours import neighbour_rows
 from q1_mri.predict import lr_flippable, model_input, predict, predict_with_flip
 from q1_mri.prediction_file import save_predictions
 
-ADV_DEFAULT = {"unet": 0.0, "unet25d": 0.0, "transunet": 0.01}
-MONITORED = ("masked_ssim", "masked_psnr", "masked_mae", "ssim", "psnr")
-MONITOR_SETS = ("train", "heldout")   # a fixed subset of training slices, and of test slices
-BATCH = {"cpu": 32, "cuda": 256}       # --batch-size auto, per device
-PER_EPOCH = 1280                       # --slices-per-epoch auto at the CPU batch
+BATCH = {"cpu": 32, "cuda": 256}       # --batch-size auto, per device (the plain U-Net: x2)
 BASE_LR = 1e-3                         # --lr auto at the CPU batch
+BUDGETS = {"cpu": (8, 0.5), "full": (20, 1.0)}   # epochs, passes over the training slices each
+RECIPES = {   # what --model sets where a flag is left at auto
+    "unet": {"ssim_weight": 1.0, "augment": True, "weight_decay": 1e-4, "ema_decay": 0.995,
+             "batch_factor": 1},
+    "plain": {"ssim_weight": 0.0, "augment": False, "weight_decay": 0.0, "ema_decay": 0.0,
+              "batch_factor": 2},
+}
+RECIPES["unet25d"] = RECIPES["unet"]
+MAX_SHIFT = 4                          # augmentation: pixels
+TRAIN_MONITOR = 256                    # training slices scored after each epoch (over-fitting)
 
 
 def parse_args(argv=None, kind: str | None = None):
-    """The run's flags, with the per-device defaults resolved for `kind` ("cpu" | "cuda";
-    default: the device --device selects)."""
+    """The run's flags, with the per-device and per-model defaults resolved for `kind`
+    ("cpu" | "cuda"; default: the device --device selects)."""
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--model", choices=sorted(MODELS), default="unet",
-                   help="unet: 2-D U-Net; unet25d: the same with the slice and its two "
-                        "neighbours as input (2.5-D); transunet: transformer bottleneck")
+                   help="unet: 2-D residual U-Net; unet25d: the same with the slice and its "
+                        "two neighbours on each side as input (2.5-D); plain: the reference")
     p.add_argument("--split", choices=splits.SCHEMES, default="kfold",
                    help="kfold: patient-grouped K folds over every patient; official: the "
-                        "source's validation split is the test set; all: the final model")
-    p.add_argument("--folds", type=cli.count, default=4, help="K of the k-fold scheme")
+                        "source's validation split is the test set (the Hub)")
+    p.add_argument("--folds", type=cli.count, default=5, help="K of the k-fold scheme")
     p.add_argument("--fold", type=cli.natural, default=None, help="kfold: 0..K-1")
-    p.add_argument("--name", default=None, help="extra word in the run folder (ablations)")
-    p.add_argument("--from-cv", action="store_true",
-                   help="--split all: take the model and its schedule from the "
-                        "cross-validation's metrics.json (final_choice)")
-    p.add_argument("--epochs", type=cli.count, default=16)
+    p.add_argument("--name", type=cli.name, default=None,
+                   help="extra word in the run folder (ablations)")
+    p.add_argument("--budget", choices=("auto", *BUDGETS), default="auto",
+                   help="cpu: 8 epochs of half a pass; full: 20 epochs of a pass; auto: full "
+                        "on CUDA, cpu on the CPU")
+    p.add_argument("--epochs", type=cli.auto_or(cli.count), default="auto",
+                   help="at most (early stopping on inner validation); auto: the budget's")
     p.add_argument("--slices-per-epoch", type=cli.auto_or(cli.count), default="auto",
-                   help=f"training slices drawn (without replacement) per epoch, at most all; "
-                        f"auto: {PER_EPOCH} at the CPU batch, scaled with --batch-size so an "
-                        "epoch keeps its number of optimiser steps")
+                   help="training slices drawn (without replacement) per epoch; auto: the "
+                        "budget's share of a pass")
+    p.add_argument("--patience", type=cli.count, default=4,
+                   help="epochs without an inner-validation gain before stopping")
     p.add_argument("--batch-size", type=cli.auto_or(cli.count), default="auto",
-                   help=f"auto: {BATCH['cpu']} on the CPU, {BATCH['cuda']} on CUDA")
+                   help=f"auto: {BATCH['cpu']} on the CPU, {BATCH['cuda']} on CUDA (x2 for plain)")
     p.add_argument("--lr", type=cli.auto_or(cli.positive), default="auto",
-                   help=f"peak AdamW learning rate; auto: {BASE_LR:g}, scaled by "
-                        f"sqrt(batch / {BATCH['cpu']}) when --batch-size is auto (CUDA: "
-                        f"{BASE_LR * (BATCH['cuda'] / BATCH['cpu']) ** 0.5:.2g}); an explicit "
-                        f"--batch-size keeps {BASE_LR:g}")
-    p.add_argument("--weight-decay", type=cli.non_negative, default=1e-4)
-    p.add_argument("--warmup-epochs", type=cli.non_negative, default=1.0)
-    p.add_argument("--ema-decay", type=cli.fraction, default=0.995,
-                   help="EMA of the weights (window ~1/(1-decay) = 200 of the 640 steps)")
-    p.add_argument("--ssim-weight", type=cli.non_negative, default=1.0,
-                   help="loss = L1 + w * (1 - SSIM)")
-    p.add_argument("--adv-weight", type=cli.non_negative, default=None,
-                   help="weight of the PatchGAN term (default per model: "
-                        + ", ".join(f"{k} {v}" for k, v in ADV_DEFAULT.items()) + ")")
+                   help=f"peak learning rate; auto: {BASE_LR:g}, scaled by sqrt(batch / "
+                        f"{BATCH['cpu']}) when --batch-size is auto")
+    p.add_argument("--weight-decay", type=cli.auto_or(cli.non_negative), default="auto")
+    p.add_argument("--ema-decay", type=cli.auto_or(cli.fraction), default="auto",
+                   help="EMA of the weights (0: none); auto: the model's recipe")
+    p.add_argument("--ssim-weight", type=cli.auto_or(cli.non_negative), default="auto",
+                   help="loss = L1 + w * (1 - SSIM); auto: the model's recipe")
+    p.add_argument("--grad-weight", type=cli.non_negative, default=0.0,
+                   help="+ w * L1 of the image gradients (sharper edges; Mathieu et al. 2016)")
+    p.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                   help="flips, per-slice shifts with zero fill, input gain; auto: the recipe's")
     p.add_argument("--base-channels", type=cli.count, default=None,
-                   help="override the model width")
-    p.add_argument("--no-augment", action="store_true", help="disable flip/shift/gain jitter")
+                   help=f"model width (default {MODELS['unet'].base_channels})")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
-                   help="auto: bf16 autocast on CUDA (fp16 + loss scaling on GPUs without "
-                        "bf16), fp32 on the CPU")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                   help="NHWC memory layout; auto = on for CPU (1.4x faster here), off for CUDA "
-                        "(GroupNorm made it 10-20%% slower on an H200)")
+                   help="auto: bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32")
     cli.add_compile_args(p)
     p.add_argument("--max-train-slices", type=cli.count, default=None,
                    help="train on a fixed random subset of the training slices (quick runs)")
-    p.add_argument("--monitor-slices", type=cli.count, default=192,
-                   help="training and held-out slices scored after each epoch for the curves")
+    p.add_argument("--monitor-slices", type=cli.count, default=None,
+                   help="score at most this many inner-validation slices per epoch (quick runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoint.pt (starts afresh if there is none)")
     p.add_argument("--dry-run", action="store_true", help="one batch, no files")
@@ -132,45 +128,27 @@ def parse_args(argv=None, kind: str | None = None):
         p.error("--folds must be at least 2")
     if args.split != "kfold" and args.fold is not None:
         p.error(f"--split {args.split} has a single fold: drop --fold")
-    if args.from_cv and args.split != "all":
-        p.error("--from-cv goes with --split all")
-    if args.adv_weight is None:
-        args.adv_weight = ADV_DEFAULT[args.model]
-    check_width(p, args.model, args.base_channels)
-    resolve_device_defaults(args, kind or device_type(args.device))
+    resolve_defaults(args, kind or device_type(args.device))
     return args
 
 
-def resolve_device_defaults(args, kind: str) -> None:
-    """Replace the auto batch size, learning rate, slices per epoch and compile by their values
-    on `kind`."""
-    args.batch_size, args.lr = device_batch(args.batch_size, args.lr, kind, BATCH["cpu"],
-                                            BATCH["cuda"], BASE_LR)
-    if args.slices_per_epoch == "auto":     # the same optimiser steps per epoch on every device
-        args.slices_per_epoch = PER_EPOCH * args.batch_size // BATCH["cpu"]
+def resolve_defaults(args, kind: str) -> None:
+    """Replace every "auto" by its value for the model's recipe on a device of `kind`; the
+    slices per epoch stay "auto" until the data is read (the budget's share of a pass)."""
+    recipe = RECIPES[args.model]
+    f = recipe["batch_factor"]
+    args.batch_size, args.lr = device_batch(args.batch_size, args.lr, kind, f * BATCH["cpu"],
+                                            f * BATCH["cuda"], BASE_LR)
+    if args.budget == "auto":
+        args.budget = "full" if kind == "cuda" else "cpu"
+    if args.epochs == "auto":
+        args.epochs = BUDGETS[args.budget][0]
+    for key in ("ssim_weight", "weight_decay", "ema_decay"):
+        if getattr(args, key) == "auto":
+            setattr(args, key, recipe[key])
+    if args.augment == "auto":
+        args.augment = "on" if recipe["augment"] else "off"
     args.compile = compile_enabled(args.compile, kind)
-
-
-def check_width(p, model: str, base: int | None) -> None:
-    """Refuse a --base-channels the model cannot build with, naming the nearest that build."""
-    cfg = MODELS[model]
-
-    def builds(b: int) -> bool:
-        """Whether every GroupNorm (min(groups, width) groups over the width, doubled per
-        level) and the attention heads over the bottleneck width divide their widths."""
-        widths = [b * 2 ** i for i in range(cfg.levels)]
-        return (all(w % min(cfg.groups, w) == 0 for w in widths)
-                and not (cfg.transformer_layers and widths[-1] % cfg.heads))
-
-    if base is not None and not builds(base):
-        widths = ", ".join(str(base * 2 ** i) for i in range(cfg.levels))
-        nearest = [next((b for b in range(base, 0, -1) if builds(b)), None),
-                   next(b for b in range(base, base * cfg.groups * cfg.heads + 1) if builds(b))]
-        heads = (f" and the bottleneck width by its {cfg.heads} attention heads"
-                 if cfg.transformer_layers else "")
-        p.error(f"--base-channels {base}: the {model}'s level widths {widths} must each "
-                f"be divisible by its GroupNorm group count min({cfg.groups}, width){heads}; "
-                f"nearest widths that build: {' or '.join(str(b) for b in nearest if b)}")
 
 
 def fold_name(args) -> str:
@@ -179,247 +157,224 @@ def fold_name(args) -> str:
 
 def run_folder_name(args) -> str:
     scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
-    fold = fold_name(args) if args.split == "kfold" else None
-    return run_name(args.model, args.name, scheme, fold, f"seed{args.seed}")
+    return run_name(args.model, args.name, scheme,
+                    fold_name(args) if args.split == "kfold" else None, f"seed{args.seed}")
 
 
-def apply_cv_choice(args, root) -> dict:
-    """--from-cv: the model and schedule the cross-validation chose (metrics.json)."""
-    final = cv_choice(root, "q1")
-    for key, value in final.items():       # the CV runs' settings (eval.TRAINING_KEYS)
-        if hasattr(args, key) and key not in ("seed", "data", "split", "folds", "fold"):
-            setattr(args, key, value)
-    return final
+def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> each image moved by its own (dy[b], dx[b]) pixels (|d| <= MAX_SHIFT),
+    zeros shifted in: the brain never wraps across the edge."""
+    b, c, h, w = images.shape
+    m = MAX_SHIFT
+    padded = F.pad(images, (m, m, m, m))
+    rows = torch.arange(h, device=images.device)[None] + m - dy[:, None]      # (B, H)
+    cols = torch.arange(w, device=images.device)[None] + m - dx[:, None]      # (B, W)
+    padded = torch.gather(padded, 2, rows[:, None, :, None].expand(b, c, h, w + 2 * m))
+    return torch.gather(padded, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Generator,
-            dgen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paired, on-device augmentation of a batch: input (B, C, H, W), target (B, 1, H, W).
+def augment(x: torch.Tensor, t2: torch.Tensor, view: torch.Tensor, gen: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired augmentation of a batch on its device: input (B, C, H, W), target (B, 1, H, W).
 
-    A left-right mirror (rows, axis -2) with probability 1/2 on axial and coronal slices only
-    (`view` (B,) index into VIEWS): a sagittal slice has no left-right axis in its plane, and
-    mirroring it would turn the face backwards. The same shift (up to 4 px) for input and
-    target, so the pair stays aligned; a +-10 % gain on the input only imitates the error of
-    estimating the per-volume scale.
-
-    The flips and gains come from `dgen` (a generator on x's device, so nothing is copied from
-    the host; default `gen`, which the CPU runs use), the shift from the host generator `gen`
-    (roll takes Python ints, and reading them from the device would wait for it).
+    Per slice: a left-right mirror (rows, axis -2) with probability 1/2 on axial and coronal
+    slices only (`view` (B,) index into VIEWS; a sagittal slice has no left-right axis in its
+    plane), the same shift of up to MAX_SHIFT pixels for input and target with zero fill, and
+    a +-10 % gain on the input only (the error of estimating the per-volume scale). Every
+    number comes from `gen`, a generator on the batch's device.
     """
-    b, g = x.shape[0], dgen if dgen is not None else gen
-    flip = (torch.rand(b, generator=g, device=g.device) < 0.5).to(x.device) & lr_flippable(view)
-    flip = flip[:, None, None, None]
-    gain = (0.9 + 0.2 * torch.rand(b, generator=g, device=g.device)).to(x.device)
-    gain = gain[:, None, None, None]
-    dy, dx = torch.randint(-4, 5, (2,), generator=gen).tolist()
+    b, dev = x.shape[0], x.device
+    flip = (torch.rand(b, generator=gen, device=dev) < 0.5) & lr_flippable(view)
+    gain = 0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=gen, device=dev)
+    dy, dx = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2, b), generator=gen, device=dev)
     pair = torch.cat([x, t2], dim=1)
-    pair = torch.where(flip, pair.flip(-2), pair).roll((dy, dx), dims=(-2, -1))
+    pair = shift_images(torch.where(flip[:, None, None, None], pair.flip(-2), pair), dy, dx)
     return (pair[:, :-1] * gain).clamp(0, 1), pair[:, -1:]
 
 
-def generator_loss(t2, pred, args, disc, t1):
-    """L1 + w * (1 - SSIM), plus the adversarial term when a discriminator is given."""
-    loss = F.l1_loss(pred, t2) + args.ssim_weight * (1 - ssim(t2, pred).mean())
-    if disc is not None:
-        loss = loss + args.adv_weight * F.softplus(-disc(t1, pred)).mean()  # non-saturating GAN
+def image_gradient_l1(t2: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean |d/dy| + |d/dx| difference between prediction and truth (B, 1, H, W): penalises the
+    blur a pixel loss tolerates."""
+    dy = lambda a: a[..., 1:, :] - a[..., :-1, :]  # noqa: E731
+    dx = lambda a: a[..., :, 1:] - a[..., :, :-1]  # noqa: E731
+    return F.l1_loss(dy(pred), dy(t2)) + F.l1_loss(dx(pred), dx(t2))
+
+
+def translation_loss(t2: torch.Tensor, pred: torch.Tensor, ssim_weight: float,
+                     grad_weight: float) -> torch.Tensor:
+    """L1 + ssim_weight (1 - SSIM) + grad_weight * image-gradient L1, on (B, 1, H, W)."""
+    loss = F.l1_loss(pred, t2)
+    if ssim_weight:
+        loss = loss + ssim_weight * (1 - ssim(t2, pred).mean())
+    if grad_weight:
+        loss = loss + grad_weight * image_gradient_l1(t2, pred)
     return loss
 
 
-def discriminator_step(disc, opt_d, t1, t2, pred) -> None:
-    """One critic update: real pairs -> 1, generated pairs -> 0 (logistic loss)."""
-    loss = F.softplus(-disc(t1, t2)).mean() + F.softplus(disc(t1, pred.detach())).mean()
-    opt_d.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_d.step()
+@dataclass
+class Setup:
+    """What the loop reads: where, on what, with what. Built once by `setup`."""
+    out: object                 # the run folder (Path)
+    device: torch.device
+    slices: Slices              # every slice of the source, raw
+    data: dict                  # to_device(slices): t1, t2 (N, 1, 64, 64) float16, mask, view
+    neighbours: torch.Tensor | None   # (N, 2n+1) rows of each slice's stack neighbours
+    roles: np.ndarray           # (N,) "train" / "val" / "test"
+    train_rows: torch.Tensor    # (n,) int64 on the device
+    monitor_rows: dict          # {"val": rows, "train": rows} scored after each epoch
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model, torch.compiled where asked
+    model_args: dict
+    ema: ModelEMA
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator        # host generator (seeding); device_gen draws batches and augmentation
+    device_gen: torch.Generator
+    amp: object                 # context-manager factory for the forward pass
+    precision: str
+    book: RunBook
+    split_entry: dict
+    meta: dict                  # provenance, split counts, neighbour report: for summary.json
+
+
+def setup(args) -> Setup:
+    configure_threads()
+    gen, device = seed_everything(args.seed), select_device(args.device)
+    source = resolve_source(args.data)
+    root = results_dir("q1", source, args.results_root)
+    slices = pool(load_mri(source))
+    split, path = splits.open_split(root, source.tag, slices, args.split, args.folds, args.seed)
+    fold = fold_name(args)
+    roles = splits.slice_roles(split["folds"][fold], slices)
+    entry = splits.run_entry(split, path, fold)
+    train_rows = np.flatnonzero(roles == "train")
+    if args.max_train_slices and args.max_train_slices < len(train_rows):
+        train_rows = np.sort(np.random.default_rng(args.seed).choice(
+            train_rows, args.max_train_slices, replace=False))
+    if args.slices_per_epoch == "auto":
+        args.slices_per_epoch = max(args.batch_size,
+                                    int(BUDGETS[args.budget][1] * len(train_rows)))
+    fixed = np.random.default_rng(1)
+    val_rows = np.flatnonzero(roles == "val")
+    if args.monitor_slices and args.monitor_slices < len(val_rows):
+        val_rows = np.sort(fixed.choice(val_rows, args.monitor_slices, replace=False))
+    monitor_rows = {"val": val_rows, "train": np.sort(fixed.choice(
+        train_rows, min(TRAIN_MONITOR, len(train_rows)), replace=False))}
+    config = {**vars(args), "data_tag": source.tag, "split_id": entry["split_id"]}
+    margs = model_args(args.model, base_channels=args.base_channels)
+    neighbours, report = None, None
+    if margs["neighbours"]:
+        rows, report = neighbour_rows(slices, margs["neighbours"])
+        neighbours = torch.from_numpy(rows).to(device)
+    model = build_model(**margs).to(device)
+    if device.type == "cpu":   # NHWC: 1.4x (fp32) to 2x (bf16) the slices/s of NCHW here
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(model, args.ema_decay)
+    opt = adamw(model.parameters(), device, lr=args.lr, weight_decay=args.weight_decay)
+    scaler = grad_scaler(device)
+    device_gen = device_generator(device, args.seed)
+    book = RunBook(root / run_folder_name(args), args.patience, args.resume, config)
+    book.restore(model, ema, opt, scaler, gen, device_gen)
+    amp, name = precision(device, enabled=args.precision == "auto", cpu_bf16=True)
+    meta = {**provenance(source, device, args.seed), "model": args.model, "name": args.name,
+            "split": args.split, "fold": fold, "split_id": entry["split_id"],
+            "split_counts": splits.describe(slices, roles), "neighbours": report,
+            "data_label": source.label, "data_tag": source.tag}
+    return Setup(book.out, device, slices, to_device(slices, device), neighbours, roles,
+                 torch.from_numpy(train_rows).to(device), monitor_rows, model,
+                 torch.compile(model) if args.compile else model, margs, ema, opt, scaler, gen,
+                 device_gen, amp, name, book, entry, meta)
 
 
 @torch.no_grad()
-def monitor(model, data: dict, neighbours, rows: np.ndarray, device) -> dict[str, float]:
-    """Mean of per-slice metrics (normalised units) of `model` on `rows`, for the curves."""
-    pred = predict(model, data["t1"], neighbours, rows, device)
+def monitor(s: Setup, rows: np.ndarray) -> dict[str, float]:
+    """Brain SSIM, PSNR and MAE of the EMA weights on slices `rows`, in metrics.SLICE_SCALE
+    units: per slice, averaged per patient, then over patients."""
+    pred = predict(s.ema.shadow, s.data["t1"], s.neighbours, rows, s.device, amp=s.amp)
     idx = torch.as_tensor(rows)
-    scores = all_metrics(data["t2"][idx].float().to(device), pred, data["mask"][idx].to(device),
-                         DATA_RANGE)
-    return {k: scores[k].mean().item() for k in MONITORED}
+    scores = slice_scores(s.data["t2"][idx].float().to(s.device), pred,
+                          s.data["mask"][idx].to(s.device))
+    patient = s.slices.patient_id[rows]
+    out = {}
+    for k in ("masked_ssim", "masked_psnr", "masked_mae"):
+        v = scores[k].cpu().numpy()
+        out[k] = float(np.mean([v[patient == p].mean() for p in np.unique(patient)]))
+    return out
 
 
-def setup(args) -> SimpleNamespace:
-    """Everything the loop needs: device, data tensors, split, model, EMA, optimisers, state."""
-    configure_threads()
-    r = SimpleNamespace(gen=seed_everything(args.seed), device=select_device(args.device))
-    r.source = resolve_source(args.data)
-    root = results_dir("q1", r.source, args.results_root)
-    r.final_choice = apply_cv_choice(args, root) if args.from_cv else None
-    r.out = root / run_folder_name(args)
-    r.slices = pool(load_mri(r.source))
-    split, path = splits.open_split(root, r.source.tag, r.slices, args.split, args.folds,
-                                    args.seed)
-    r.fold = fold_name(args)
-    r.roles = splits.slice_roles(split["folds"][r.fold], r.slices)
-    r.split_entry = splits.run_entry(split, path, r.fold)
-    r.split_id = r.split_entry["split_id"]
-    r.split_counts = splits.describe(r.slices, r.roles)
-    r.config = {**vars(args), "data_tag": r.source.tag, "split_id": r.split_id}
-    r.data = to_device(r.slices, r.device)
-    r.model_args = model_args(args.model, base_channels=args.base_channels)
-    n = r.model_args["neighbours"]
-    r.neighbours, r.neighbour_report = None, None
-    if n:
-        rows, r.neighbour_report = neighbour_rows(r.slices, n)
-        r.neighbours = torch.from_numpy(rows).to(r.device)
-    r.train_rows = np.flatnonzero(r.roles == "train")
-    if args.max_train_slices and args.max_train_slices < len(r.train_rows):
-        pick = torch.randperm(len(r.train_rows), generator=r.gen)[:args.max_train_slices]
-        r.train_rows = np.sort(r.train_rows[pick.numpy()])
-    r.test_rows = np.flatnonzero(r.roles == "test")
-    fixed = np.random.default_rng(1)
-    r.monitor = {s: np.sort(fixed.choice(rows, min(args.monitor_slices, len(rows)), replace=False))
-                 for s, rows in zip(MONITOR_SETS, (r.train_rows, r.test_rows)) if len(rows)}
-    r.model = build_model(**r.model_args).to(r.device)
-    r.channels_last = args.channels_last == "on" or (args.channels_last == "auto"
-                                                     and r.device.type == "cpu")
-    if r.channels_last:
-        r.model = r.model.to(memory_format=torch.channels_last)
-    r.ema = ModelEMA(r.model, args.ema_decay)
-    r.opt = adamw(r.model.parameters(), r.device, lr=args.lr, weight_decay=args.weight_decay)
-    r.scaler = grad_scaler(r.device)
-    r.disc = PatchDiscriminator().to(r.device) if args.adv_weight > 0 else None
-    r.opt_d = adamw(r.disc.parameters(), r.device, lr=args.lr, betas=(0.5, 0.999)) if r.disc else None
-    # augmentation flips and gains on CUDA come from a CUDA generator; the CPU keeps drawing
-    # them from r.gen, so CPU runs draw the same numbers as ever
-    r.dgen = device_generator(r.device, args.seed) if r.device.type == "cuda" else None
-    r.start_epoch, r.history = 0, []
-    if args.resume and not (r.out / "checkpoint.pt").exists():
-        print(f"notice: nothing to resume in {r.out}; starting from scratch")
-    elif args.resume:
-        ck = load_checkpoint(r.out / "checkpoint.pt", r.device)
-        check_resume(ck["config"], r.config, ck["epoch"], r.out)
-        restore(ck, r.model, r.ema, r.opt, r.scaler)
-        if r.disc:
-            r.disc.load_state_dict(ck["disc"])
-            r.opt_d.load_state_dict(ck["disc_optimizer"])
-        set_rng_state(r.gen, ck["rng"], r.dgen)
-        r.start_epoch, r.history = ck["epoch"], ck["history"]
-    elif (r.out / "checkpoint.pt").exists() and not args.dry_run:
-        print(f"notice: {r.out} holds an earlier run; it is replaced (use --resume to continue)")
-    r.step_model = torch.compile(r.model) if args.compile else r.model
-    r.amp, r.precision = precision(r.device, enabled=args.precision == "auto")
-    return r
-
-
-def save(r, args, epoch: int) -> None:
-    extra = {"disc": r.disc.state_dict(), "disc_optimizer": r.opt_d.state_dict()} if r.disc else {}
-    # best_metric: None, since no epoch is chosen (fixed schedule, final EMA weights kept)
-    save_checkpoint(r.out / "checkpoint.pt", model=r.model.state_dict(), ema=r.ema.state_dict(),
-                    optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
-                    model_args=r.model_args, epoch=epoch, best_metric=None, config=r.config,
-                    rng=rng_state(r.gen, r.dgen), history=r.history, **extra)
-
-
-def diverged(loss: torch.Tensor, epoch: int, out) -> cli.DataError:
-    return cli.DataError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; {out} "
-                         "keeps the last good checkpoint")
-
-
-def batch(r, args, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training slices `idx` (B,) on the device -> augmented input (B, C, 64, 64) and target
-    (B, 1, 64, 64) float32, gathered from the device tensors without leaving the device."""
-    x, t2 = model_input(r.data["t1"], r.neighbours, idx), r.data["t2"][idx].float()
-    if not args.no_augment:
-        x, t2 = augment(x, t2, r.data["view"][idx], r.gen, r.dgen)
-    return x, t2
-
-
-def train_step(r, args, x: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-    """One optimiser step on input x (B, C, H, W) and target t2 (B, 1, H, W) -> the detached
-    loss, left on the device (no host synchronisation)."""
-    if r.channels_last:
+def train_step(s: Setup, args, idx: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on training slices `idx` (B,) -> the detached loss (on the device)."""
+    x, t2 = model_input(s.data["t1"], s.neighbours, idx), s.data["t2"][idx].float()
+    if args.augment == "on":
+        x, t2 = augment(x, t2, s.data["view"][idx], s.device_gen)
+    if s.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
-    with r.amp():
-        pred = r.step_model(x).float()
-    mid = r.model_args["neighbours"]                      # the input channel of the slice itself
-    t1 = x[:, mid:mid + 1]
-    if r.disc:
-        discriminator_step(r.disc, r.opt_d, t1, t2, pred)
-    with r.amp():
-        loss = generator_loss(t2, pred, args, r.disc, t1)
-    optimiser_step(loss, r.model, r.opt, r.scaler, r.ema)
+    with s.amp():
+        pred = s.step_model(x).float()
+    loss = translation_loss(t2, pred, args.ssim_weight, args.grad_weight)
+    optimiser_step(loss, s.model, s.opt, s.scaler, s.ema)
     return loss.detach()
 
 
 def train(args) -> dict:
-    r = setup(args)
-    n = len(r.train_rows)
-    per_epoch = min(args.slices_per_epoch, n)
-    steps_per_epoch = max(1, per_epoch // args.batch_size)
-    total_steps, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
-    print(f"q1 {args.model} ({args.split} {r.fold}, seed {args.seed}): "
-          f"{count_parameters(r.model):,} parameters, {r.device}, {r.precision}, batch "
-          f"{args.batch_size}, lr {args.lr:.3g}{', compiled' if args.compile else ''}, "
-          f"data: {r.source.label}\n  patients/slices: {r.split_counts}, "
-          f"{steps_per_epoch * args.batch_size} of {n} training slices per epoch")
-    with locked(r.out) if not args.dry_run else contextlib.nullcontext():  # a dry run writes nothing
-        if not args.dry_run:
-            write_json(r.out / "split.json", r.split_entry)
-        for epoch in range(r.start_epoch, args.epochs):
-            r.model.train()
-            perm = torch.from_numpy(r.train_rows)[torch.randperm(n, generator=r.gen)]
-            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                           unit="batch")
-            t_epoch, loss_sum = time.time(), torch.zeros((), device=r.device)
-            for step in bar:
-                for group in r.opt.param_groups:
-                    group["lr"] = args.lr * warmup_cosine(epoch * steps_per_epoch + step,
-                                                          total_steps, warmup)
-                idx = perm[step * args.batch_size:(step + 1) * args.batch_size].to(r.device)
-                loss = train_step(r, args, *batch(r, args, idx))
-                loss_sum += loss                # summed on the device, read once per epoch
-                if step % 20 == 0:  # .item() waits for the GPU, so only now and then
-                    if not torch.isfinite(loss):
-                        raise diverged(loss, epoch, r.out)
-                    rate = (step + 1) * args.batch_size / (time.time() - t_epoch)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", slices_s=f"{rate:.0f}")
-                if args.dry_run:
-                    print(f"dry run: one batch, loss {loss.item():.4f}")
-                    return {}
-            if not torch.isfinite(loss_sum):   # a NaN between the checks: keep the old file
-                raise diverged(loss_sum, epoch, r.out)
-            epoch_s = time.time() - t_epoch
-            row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"],
-                   "train_loss": (loss_sum / steps_per_epoch).item(), "epoch_s": epoch_s,
-                   "slices_per_s": steps_per_epoch * args.batch_size / epoch_s}
-            for name, rows in r.monitor.items():
-                scores = monitor(r.ema.shadow, r.data, r.neighbours, rows, r.device)
-                row.update({f"{name}_{k}": v for k, v in scores.items()})
-            row["elapsed_s"] = (r.history[-1]["elapsed_s"] if r.history else 0) + time.time() - t_epoch
-            r.history.append(row)
-            print(" | ".join(f"{k} {v:.4g}" for k, v in row.items()))
-            write_csv(r.out / "history.csv", r.history)
-            save(r, args, epoch + 1)
-        summary = {**provenance(r.source, r.device, args.seed), "model": args.model,
-                   "name": args.name, "split": args.split, "fold": r.fold,
-                   "split_id": r.split_id, "parameters": count_parameters(r.model),
-                   "model_args": r.model_args, "precision": r.precision, "config": r.config,
-                   "split_counts": r.split_counts, "train_slices": n,
-                   "slices_per_epoch": steps_per_epoch * args.batch_size,
-                   "neighbours": r.neighbour_report, "epochs": len(r.history),
-                   "wall_time_s": r.history[-1]["elapsed_s"],
-                   "slices_per_s": float(np.mean([h["slices_per_s"] for h in r.history])),
-                   "final": r.history[-1], "final_choice": r.final_choice}
-        if len(r.test_rows):
-            write_predictions(r)
-        write_json(r.out / "summary.json", summary)
-    return summary
+    s = setup(args)
+    steps = max(1, min(args.slices_per_epoch, len(s.train_rows)) // args.batch_size)
+    total, warmup = args.epochs * steps, steps // 2
+    print(f"q1 {args.model} ({args.split} {s.meta['fold']}, seed {args.seed}): "
+          f"{count_parameters(s.model):,} parameters, {s.device}, {s.precision}, batch "
+          f"{args.batch_size}, lr {args.lr:.3g}, {args.budget} budget: {args.epochs} epochs of "
+          f"{steps * args.batch_size} of {len(s.train_rows)} training slices\n"
+          f"  patients/slices: {s.meta['split_counts']}; data: {s.meta['data_label']}")
+    if args.dry_run:
+        print(f"dry run: one batch, loss {train_step(s, args, s.train_rows[:args.batch_size]):.4f}")
+        return {}
+    with locked(s.out):
+        s.book.begin(s.split_entry)
+        for epoch in s.book.epochs(args.epochs):
+            s.model.train()
+            order = s.train_rows[torch.randperm(len(s.train_rows), generator=s.device_gen,
+                                                device=s.device)]
+            t0, loss_sum = time.time(), torch.zeros((), device=s.device)
+            for step in progress(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}"):
+                for group in s.opt.param_groups:
+                    group["lr"] = args.lr * warmup_cosine(epoch * steps + step, total, warmup)
+                loss_sum += train_step(s, args, order[step * args.batch_size:
+                                                       (step + 1) * args.batch_size])
+            train_loss = (loss_sum / steps).item()       # the epoch's one host synchronisation
+            if not np.isfinite(train_loss):
+                raise cli.DataError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; "
+                                    f"{s.out} keeps the last good checkpoint")
+            epoch_s = time.time() - t0
+            row = {"epoch": epoch + 1, "lr": s.opt.param_groups[0]["lr"],
+                   "slices_seen": (epoch + 1) * steps * args.batch_size, "train_loss": train_loss,
+                   "slices_per_s": steps * args.batch_size / epoch_s}
+            for part, rows in s.monitor_rows.items():
+                row.update({f"{part}_{k}": v for k, v in monitor(s, rows).items()})
+            row["score"] = row["val_masked_ssim"]
+            row["elapsed_s"] = elapsed(s.book.history, time.time() - t0)
+            s.book.end_epoch(row, checkpoint_state(s.model, s.ema, s.opt, s.scaler, s.model_args,
+                                                   s.gen, s.device_gen),
+                             lambda: {"model_args": s.model_args, "ema": s.ema.state_dict()})
+        summary = {**s.meta, "parameters": count_parameters(s.model), "model_args": s.model_args,
+                   "precision": s.precision, "config": s.book.config,
+                   "train_slices": len(s.train_rows), "slices_per_epoch": steps * args.batch_size,
+                   "slices_per_s": float(np.mean([h["slices_per_s"] for h in s.book.history]))}
+        return s.book.finish(summary, lambda: write_predictions(s))
 
 
-def write_predictions(r) -> None:
-    """predictions.npz: the final EMA weights' T2 for every test slice, plain and flip-averaged."""
-    plain, flipped = predict_with_flip(r.ema.shadow, r.data, r.neighbours, r.test_rows, r.device)
-    s = r.slices.select(r.test_rows)
-    save_predictions(r.out / "predictions.npz", s.row, s.split, s.patient_id, s.view,
-                     plain.cpu().numpy(), scale=SCALE, model=r.config["model"],
-                     split_id=r.split_id, data_tag=r.source.tag,
-                     t2_pred_flip=flipped.cpu().numpy())
+def write_predictions(s: Setup):
+    """predictions.npz: the best epoch's EMA weights on every inner-validation and test slice,
+    plain and flip-averaged."""
+    weights = torch.load(s.out / "best.pt", map_location=s.device, weights_only=False)
+    best = build_model(**s.model_args).to(s.device)
+    best.load_state_dict(weights["ema"]["shadow"])
+    rows = np.flatnonzero(np.isin(s.roles, ("val", "test")))
+    plain, flipped = predict_with_flip(best, s.data, s.neighbours, rows, s.device, amp=s.amp)
+    sub = s.slices.select(rows)
+    return save_predictions(s.out / "predictions.npz", sub.row, sub.split, sub.patient_id,
+                            sub.view, s.roles[rows], plain.cpu().numpy(), units=UNITS,
+                            model=s.meta["model"], split_id=s.meta["split_id"],
+                            data_tag=s.meta["data_tag"], t2_pred_flip=flipped.cpu().numpy())
 
 
 if __name__ == "__main__":

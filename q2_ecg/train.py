@@ -76,7 +76,8 @@ def parse_args(argv=None, kind: str | None = None):
     p.add_argument("--folds", type=cli.count, default=5, help="K of the k-fold scheme")
     p.add_argument("--fold", default=None,
                    help="kfold: 0..K-1; lodo: " + " | ".join(LODO_FOLDS))
-    p.add_argument("--name", default=None, help="extra word in the run folder (ablations)")
+    p.add_argument("--name", type=cli.name, default=None,
+                   help="extra word in the run folder (ablations)")
     p.add_argument("--epochs", type=cli.count, default=8, help="at most; early stopping may end sooner")
     p.add_argument("--budget", choices=("auto",) + BUDGETS, default="auto",
                    help=f"cpu: epochs of {PER_EPOCH:,} beats (sized so make q2 fits 2 CPU "

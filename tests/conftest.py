@@ -29,7 +29,8 @@ def shared_data(name: str) -> Path:
 Q1_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--batch-size", "16",
            "--base-channels", "4", "--max-train-slices", "64", "--monitor-slices", "32",
            "--precision", "fp32", "--split", "kfold", "--folds", "2"]
-Q1_RUNS = [["--model", m, "--fold", str(f)] for m in ("unet", "unet25d") for f in range(2)]
+Q1_RUNS = [["--model", m, "--fold", str(f)] for m in ("unet", "unet25d", "plain")
+           for f in range(2)]
 Q2_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-epoch", "1024",
            "--batch-beats", "256", "--channels", "8", "8", "16"]
 Q2_KFOLD = ["--split", "kfold", "--folds", "2"]
@@ -42,7 +43,8 @@ Q2_RUNS = ([["--model", m, *Q2_KFOLD, "--fold", str(f)]
 @pytest.fixture(scope="session")
 def q1_results(tmp_path_factory):
     """A results root with the Q1 protocol on demo data with tiny settings: a 2-fold
-    cross-validation of both models (U-Net, 2.5-D U-Net) and of the baselines."""
+    cross-validation of the models (U-Net, 2.5-D U-Net, the plain reference) and of the
+    baselines."""
     import torch
 
     from q1_mri import baselines, train
@@ -77,14 +79,26 @@ def q2_results(tmp_path_factory):
 
 
 def interrupt_after_first_epoch(monkeypatch, train_module) -> None:
-    """Make `train_module.save` raise KeyboardInterrupt right after writing epoch 1, like a kill."""
-    real_save = train_module.save
+    """Raise KeyboardInterrupt right after epoch 1 is written (checkpoint and history), like a
+    kill: through the training module's own `save`, or common.loop.RunBook.end_epoch."""
+    if hasattr(train_module, "save"):
+        real_save = train_module.save
 
-    def save_then_die(r, args, epoch):
-        real_save(r, args, epoch)
-        if epoch == 1:
+        def save_then_die(r, args, epoch):
+            real_save(r, args, epoch)
+            if epoch == 1:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(train_module, "save", save_then_die)
+        return
+    from common.loop import RunBook
+    real_end = RunBook.end_epoch
+
+    def end_then_die(self, row, state, weights):
+        out = real_end(self, row, state, weights)
+        if row["epoch"] == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "save", save_then_die)
+        return out
+    monkeypatch.setattr(RunBook, "end_epoch", end_then_die)
 
 
 @pytest.fixture(scope="session")

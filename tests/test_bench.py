@@ -19,15 +19,8 @@ from common.runtime import adamw, compile_enabled, device_batch
 from q1_mri import train as q1_train
 from q2_ecg import train as q2_train
 
-# the parsed flags of a default run before per-device defaults existed (git 030ceb3): the CPU
-# must resolve to exactly these, types included (a saved config compares by value)
-Q1_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto", "model": "unet",
-              "split": "kfold", "folds": 4, "fold": 0, "name": None, "from_cv": False,
-              "epochs": 16, "slices_per_epoch": 1280, "batch_size": 32, "lr": 0.001,
-              "weight_decay": 0.0001, "warmup_epochs": 1.0, "ema_decay": 0.995,
-              "ssim_weight": 1.0, "adv_weight": 0.0, "base_channels": None, "no_augment": False,
-              "precision": "auto", "channels_last": "auto", "compile": False,
-              "max_train_slices": None, "monitor_slices": 192, "resume": False, "dry_run": False}
+# the parsed flags of a default Q2 run on the CPU (its CPU defaults predate the per-device
+# ones, git 030ceb3): the CPU must resolve to exactly these, types included
 Q2_OLD_CPU = {"data": "demo", "results_root": None, "seed": 0, "device": "auto",
               "model": "resnet", "split": "kfold", "folds": 5, "fold": "0", "name": None,
               "epochs": 8, "budget": "cpu", "beats_per_epoch": 30000, "batch_beats": 512,
@@ -96,7 +89,7 @@ def test_device_batch_resolution():
         False, True, True, True, False, False]
 
 
-@pytest.mark.parametrize("module, old", [(q1_train, Q1_OLD_CPU), (q2_train, Q2_OLD_CPU)])
+@pytest.mark.parametrize("module, old", [(q2_train, Q2_OLD_CPU)])
 def test_cpu_defaults_are_the_old_ones(module, old):
     """Every parsed value on the CPU, keys and types included, is what CPU runs saved before."""
     args = vars(module.parse_args(ARGV, kind="cpu"))
@@ -140,18 +133,28 @@ def test_q2_loss_without_boolean_indexing_is_the_same():
     assert torch.allclose(q2_train.beat_loss(out, label, mask, weight), indexed, rtol=1e-6)
 
 
-def test_q1_augment_draws_flips_and_gains_from_the_device_generator():
-    """With a device generator, only the shift (two ints) comes from the host generator; without
-    one, everything does, as in the CPU runs."""
+def test_q1_budgets_per_device_and_model_recipes():
+    """The CPU runs the short budget, CUDA full passes; the plain reference keeps its recipe
+    (L1 only, no augmentation, no EMA, batches twice as large) on both."""
+    cpu, cuda = (q1_train.parse_args(ARGV, kind=k) for k in ("cpu", "cuda"))
+    assert (cpu.budget, cpu.epochs, cpu.batch_size) == ("cpu", 8, 32)
+    assert (cuda.budget, cuda.epochs, cuda.batch_size) == ("full", 20, 256)
+    assert cpu.slices_per_epoch == cuda.slices_per_epoch == "auto"    # known with the data
+    plain = q1_train.parse_args([*ARGV, "--model", "plain"], kind="cpu")
+    assert (plain.ssim_weight, plain.augment, plain.ema_decay, plain.batch_size,
+            plain.lr) == (0.0, "off", 0.0, 64, 1e-3)
+    assert q1_train.parse_args([*ARGV, "--budget", "full"], kind="cpu").epochs == 20
+
+
+def test_q1_augment_draws_everything_from_the_generator_it_is_given():
+    """No host generator and no host copy: the same device-generator state gives the same
+    batch, and nothing else is drawn from."""
     x, view = torch.rand(16, 1, 64, 64), torch.zeros(16, dtype=torch.int64)
-    gen, dgen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    q1_train.augment(x, x.clone(), view, gen, dgen)
-    shift_only = torch.Generator().manual_seed(0)
-    torch.randint(-4, 5, (2,), generator=shift_only)
-    assert torch.equal(gen.get_state(), shift_only.get_state())
-    a = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0))
-    b = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(0), None)
+    global_state = torch.get_rng_state()
+    a = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(3))
+    b = q1_train.augment(x, x.clone(), view, torch.Generator().manual_seed(3))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert torch.equal(torch.get_rng_state(), global_state)
 
 
 def test_q2_full_budget_trains_epochs_of_one_pass(tmp_path):

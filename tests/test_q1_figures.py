@@ -1,6 +1,7 @@
 """Q1 figures (EDA and evaluation) on tiny synthetic data: titles and axis labels everywhere,
-distinct patients in the pair grid, shared raw scales and the fixed normalised one, integer
-epoch ticks, the display orientation and the worst-slice filter."""
+distinct patients in the pair grid, shared raw scales and the fixed normalised one, the
+curves' inner-validation and training lines, the display orientation and the worst-slice
+filter."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -11,10 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from q1_mri import display, eda, figures  # noqa: E402
-from q1_mri.data import SCALE, VIEWS, Slices, normalise  # noqa: E402
+from q1_mri.data import VIEWS, Slices, normalise  # noqa: E402
 from q1_mri.eval import summarise  # noqa: E402
 
 SIZE = 24          # pixels per side of the synthetic slices
@@ -40,7 +40,7 @@ def synthetic(n_patients: int, seed: int = 0) -> Slices:
                 view.append(v)
     n = len(pid)
     return Slices(np.array(t1, np.float16)[:, None], np.array(t2, np.float16)[:, None],
-                  np.array(pid), np.array(view), 0, np.full(n, "train"), np.arange(n))
+                  np.array(pid), np.array(view), 0, np.arange(n), np.full(n, "train"))
 
 
 def check_labelled(fig: plt.Figure) -> None:
@@ -149,24 +149,24 @@ def test_brain_values_keeps_the_extremes_when_subsampling():
 def evaluated():
     """A truth, the pooled out-of-fold rows of four methods and metrics.json's methods."""
     slices = synthetic(6)
-    t1, t2, mask = normalise(slices)
-    truth = SimpleNamespace(slices=slices, t1=t1, t2=t2, mask=mask)
+    truth = SimpleNamespace(slices=slices, mask=slices.brain_mask)
     rng = np.random.default_rng(0)
     n = len(slices)
     idx = np.arange(n)
-    history = {f"fold{f}": [{"epoch": float(e), "train_loss": 1 / e,
-                             **{f"{p}{k}": 0.5 + 0.05 * e for p in ("heldout_", "train_")
+    history = {f"fold{f}": [{"epoch": float(e), "slices_seen": 500.0 * e, "train_loss": 1 / e,
+                             **{f"{p}{k}": 0.5 + 0.05 * e for p in ("val_", "train_")
                                 for k in METRICS}} for e in range(1, 6)] for f in range(2)}
     oof, methods = {}, {}
-    for k, name in enumerate(("unet", "unet+flip", "identity", "linear")):
+    t2 = slices.t2.astype(np.float32) / 1000
+    for k, name in enumerate(("unet", "plain", "identity", "linear")):
         noise = (0.3 if name == "identity" else 0.05) * rng.random(t2.shape)
         scores = {"masked_ssim": 0.9 - 0.1 * k + 0.02 * rng.standard_normal(n),
                   "masked_psnr": 25 - k + rng.standard_normal(n),
                   "masked_mae": 0.05 + 0.01 * k + 0.001 * rng.random(n)}
-        oof[name] = {"idx": idx, "pred": (t2 + noise).astype(np.float16),
-                     "scores": {SCALE: scores}, "history": history if name == "unet" else {}}
-        methods[name] = {"scores": {SCALE: summarise(scores, slices.patient_id, slices.view)}}
-    result = {"methods": methods, "paired": {"reference": "unet"}}
+        oof[name] = {"idx": idx, "pred": (t2 + noise).astype(np.float16), "scores": scores,
+                     "history": history if name in ("unet", "plain") else {}}
+        methods[name] = {**summarise(scores, slices.patient_id, slices.view), "problems": []}
+    result = {"methods": methods, "paired": {"reference": "plain"}, "chosen_model": "unet"}
     return truth, oof, result
 
 
@@ -182,21 +182,19 @@ def test_write_all_figures_are_titled_and_labelled(evaluated, tmp_path, monkeypa
 
     monkeypatch.setattr(figures, "save_figure", capture)
     figures.write_all(tmp_path, truth, oof, result, "synthetic")
-    assert set(saved) == {"curves.png", "examples.png", "worst_slices.png", "per_view_bars.png",
-                          "per_patient.png"}
+    assert set(saved) == {"curves.png", "examples.png", "worst_slices.png", "per_patient.png"}
     assert f"{100 * figures.MIN_WORST_FILL:.0f} %" in saved["worst_slices.png"]
 
 
-def test_curves_have_integer_epoch_ticks(evaluated):
+def test_curves_show_inner_validation_and_training_against_slices_seen(evaluated):
     _, oof, _ = evaluated
     fig = figures.plot_curves({"unet": oof["unet"]["history"]})
     check_labelled(fig)
-    for ax in fig.axes:
-        locator = ax.xaxis.get_major_locator()
-        assert isinstance(locator, MaxNLocator) and locator._integer
-        fig.canvas.draw()
-        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        assert ticks and all(float(t).is_integer() for t in ticks)
+    ssim_ax = fig.axes[1]
+    styles = {ln.get_label(): ln.get_linestyle() for ln in ssim_ax.lines}
+    assert styles == {"unet inner val.": "-", "unet train": "--"}
+    np.testing.assert_allclose(ssim_ax.lines[0].get_xdata(), [0.5, 1.0, 1.5, 2.0, 2.5])
+    assert "thousands" in ssim_ax.get_xlabel()
     plt.close(fig)
 
 
@@ -204,9 +202,14 @@ def test_example_rows_name_patient_view_and_each_models_ssim(evaluated):
     truth, oof, _ = evaluated
     rows = np.array([0, 5, len(truth.slices) - 1])
     models = ["unet", "linear"]
-    scores = {m: oof[m]["scores"][SCALE]["masked_ssim"][rows] for m in models}
-    fig = figures.plot_slices(rows, truth, {m: oof[m]["pred"][rows] for m in models}, scores,
-                              models)
+    scores = {m: oof[m]["scores"]["masked_ssim"][rows] for m in models}
+    mask = truth.mask[rows]
+    s = truth.slices
+    fig = figures.plot_slices(s, rows, figures.scaled(s.t1[rows], mask),
+                              figures.scaled(s.t2[rows], mask),
+                              {m: figures.scaled(oof[m]["pred"][rows], mask) for m in models},
+                              scores)
+    fig.suptitle("examples")
     check_labelled(fig)
     grid = np.array(image_axes(fig)).reshape(len(rows), -1)
     assert [ax.get_title() for ax in grid[0]] == ["T1 (input)", "true T2", "unet", "|error| unet",
@@ -225,7 +228,7 @@ def test_example_rows_name_patient_view_and_each_models_ssim(evaluated):
 def test_worst_slices_leave_out_near_empty_slices(evaluated):
     truth, oof, _ = evaluated
     rows = oof["unet"]["idx"]
-    score = oof["unet"]["scores"][SCALE]["masked_ssim"].copy()
+    score = oof["unet"]["scores"]["masked_ssim"].copy()
     fill = truth.slices.brain_mask[rows].reshape(len(rows), -1).mean(1)
     score[fill < figures.MIN_WORST_FILL] = -1          # the emptiest slices score worst
     worst = figures.pick_worst(truth.slices, rows, score)

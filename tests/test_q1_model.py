@@ -1,4 +1,5 @@
-"""Q1 models: shapes, the zero background, learning on one batch."""
+"""Q1 models: shapes, the zero background, the reference's size, learning on one batch,
+augmentation that keeps anatomy."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from q1_mri.metrics import ssim
-from q1_mri.model import PatchDiscriminator, build_model, model_args
+from q1_mri.model import build_model, model_args
+from q1_mri.train import MAX_SHIFT, augment, shift_images
 
 
 @pytest.fixture(autouse=True)
@@ -20,17 +22,20 @@ def one_thread():
 
 
 @pytest.mark.parametrize(("name", "shape"), [("unet", (64, 64)), ("unet", (32, 48)),
-                                             ("transunet", (64, 64)), ("transunet", (32, 32))])
+                                             ("unet25d", (64, 64)), ("plain", (32, 48))])
 def test_shapes(name, shape):
-    model = build_model(**model_args(name, base_channels=8, image_size=shape[0]))
-    x = torch.rand(3, 1, *shape)
+    model = build_model(**model_args(name, base_channels=8))
+    x = torch.rand(3, model.cfg.in_channels, *shape)
     assert model(x).shape == (3, 1, *shape)
 
 
-def test_transunet_rejects_another_image_size():
-    model = build_model(**model_args("transunet", base_channels=8, image_size=64))
-    with pytest.raises(ValueError, match="image_size"):
-        model(torch.rand(1, 1, 32, 48))
+def test_the_reference_is_the_textbook_unet_of_about_two_million_parameters():
+    plain = build_model(**model_args("plain"))
+    n = sum(p.numel() for p in plain.parameters())
+    assert 1.85e6 < n < 1.95e6 and plain.cfg.base_channels == 32 and plain.cfg.levels == 4
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in build_model(
+        **model_args("unet")).modules())
 
 
 def test_output_is_zero_outside_the_brain():
@@ -40,12 +45,7 @@ def test_output_is_zero_outside_the_brain():
     assert (model(x)[:, :, :20] == 0).all()
 
 
-def test_discriminator_gives_patch_logits():
-    d = PatchDiscriminator(channels=8)
-    assert d(torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)).shape == (2, 1, 8, 8)
-
-
-@pytest.mark.parametrize("name", ["unet", "transunet"])
+@pytest.mark.parametrize("name", ["unet", "plain"])
 def test_overfits_one_batch(name):
     torch.manual_seed(0)
     t1 = F.avg_pool2d(torch.rand(4, 1, 64, 64), 5, stride=1, padding=2)   # smooth "anatomy"
@@ -62,3 +62,27 @@ def test_overfits_one_batch(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_shifts_are_per_slice_and_fill_with_zeros():
+    """Each slice moves by its own offset; what enters at the edge is 0, nothing wraps."""
+    x = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64) + 1
+    out = shift_images(x, torch.tensor([3, -2]), torch.tensor([0, 4]))
+    assert torch.equal(out[0, 0, 3:], x[0, 0, :-3]) and (out[0, 0, :3] == 0).all()
+    assert torch.equal(out[1, 0, :-2, 4:], x[1, 0, 2:, :-4])
+    assert (out[1, 0, -2:] == 0).all() and (out[1, 0, :, :4] == 0).all()
+
+
+def test_augmentation_keeps_pairs_aligned_and_the_brain_inside():
+    """Input and target move together, never wrap, and sagittal slices are never mirrored."""
+    g = torch.Generator().manual_seed(0)
+    t2 = torch.zeros(64, 1, 64, 64)
+    t2[:, :, 10:20, 30:40] = 1                           # a block away from the edges
+    x = t2.clone()
+    view = torch.tensor([2] * 64)                        # sagittal
+    xa, ta = augment(x, t2, view, g)
+    assert torch.equal(xa > 0, ta > 0)                   # aligned (gain changes values only)
+    assert (ta.sum((1, 2, 3)) == 100).all()              # the block never left the image
+    rows = ta.sum(3)[:, 0].argmax(1)                     # first row of the block
+    assert ((rows >= 10 - MAX_SHIFT) & (rows <= 10 + MAX_SHIFT)).all()   # no mirror to 44..53
+    assert len(torch.unique(rows)) > 1                   # per-slice shifts, not one for all

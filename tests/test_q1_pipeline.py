@@ -1,7 +1,8 @@
-"""Q1 end to end on tiny demo settings: the out-of-fold protocol, resume, evaluation from files,
-the final model and its export."""
+"""Q1 end to end on tiny demo settings: the out-of-fold protocol with inner validation, resume,
+evaluation from files, the deployed model and its export."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from common.datasource import PROJECT_ROOT
 from common.io import read_csv, read_json
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
-from q1_mri.data import SCALE, load_mri, pool, resolve_source
+from q1_mri.data import UNITS, load_mri, pool, resolve_source
 from tests.conftest import Q1_RUNS, Q1_TINY, interrupt_after_first_epoch
 
 RUN = "unet-kfold2-fold0-seed0"
@@ -44,15 +45,17 @@ def test_training_writes_split_history_checkpoint_summary_and_predictions(traine
     run = trained / "q1" / "demo" / RUN
     history = read_csv(run / "history.csv")
     assert [r["epoch"] for r in history] == [1.0, 2.0]
-    assert {"train_loss", "heldout_masked_ssim", "train_masked_ssim", "slices_per_s"} <= set(history[0])
+    assert {"train_loss", "val_masked_ssim", "train_masked_ssim", "slices_seen",
+            "score"} <= set(history[0])
     summary = read_json(run / "summary.json")
     assert summary["data_source"] == "demo" and summary["parameters"] > 0
     assert summary["split_id"] == read_json(run / "split.json")["split_id"]
-    assert (run / "checkpoint.pt").exists()
+    best = max(history, key=lambda r: r["score"])["epoch"]
+    assert summary["best_epoch"] == best and torch.load(run / "best.pt")["epoch"] == best
     with np.load(run / "predictions.npz") as f:
         assert f["t2_pred"].shape == (len(f["row"]), 1, 64, 64) and f["t2_pred"].dtype == np.float16
-        assert str(f["scale"]) == SCALE and str(f["split_id"]) == summary["split_id"]
-        assert set(f["split"]) <= {"train", "validation"}
+        assert str(f["units"]) == UNITS and str(f["split_id"]) == summary["split_id"]
+        assert set(f["role"]) == {"val", "test"} and set(f["split"]) <= {"train", "validation"}
 
 
 def test_each_patient_is_predicted_exactly_once_out_of_fold(trained):
@@ -61,14 +64,19 @@ def test_each_patient_is_predicted_exactly_once_out_of_fold(trained):
     tested = [p for fold in split["folds"].values() for p, r in fold["roles"].items() if r == "test"]
     slices = pool(load_mri(resolve_source("demo")))
     assert sorted(tested) == sorted(set(slices.patient_id.tolist()))     # once each, all of them
-    for method in ("unet", "unet25d", "linear"):
+    for fold in split["folds"].values():
+        roles = fold["roles"]
+        assert {r for r in roles.values()} == {"train", "val", "test"}
+    for method in ("unet", "unet25d", "plain", "linear"):
         seen = []
         for fold in (0, 1):
             run = root / f"{method}-kfold2-fold{fold}-seed0"
             roles = read_json(run / "split.json")["roles"]
             with np.load(run / "predictions.npz") as f:
-                assert {roles[p] for p in f["patient_id"]} == {"test"}    # never a training patient
-                seen += list(zip(f["split"].tolist(), f["row"].tolist()))
+                assert all(roles[p] == r for p, r in zip(f["patient_id"], f["role"]))
+                assert "train" not in {roles[p] for p in f["patient_id"]}   # never trained on
+                test = f["role"] == "test"
+                seen += list(zip(f["split"][test].tolist(), f["row"][test].tolist()))
         assert sorted(seen) == sorted(zip(slices.split.tolist(), slices.row.tolist()))
 
 
@@ -78,37 +86,62 @@ def test_resumed_run_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         q1_train.train(q1_train.parse_args(args))
     monkeypatch.undo()
+    assert not (tmp_path / "q1" / "demo" / RUN / "summary.json").exists()   # not a finished run
     q1_train.train(q1_train.parse_args(args + ["--resume"]))
     resumed = read_csv(tmp_path / "q1" / "demo" / RUN / "history.csv")
     straight = read_csv(trained / "q1" / "demo" / RUN / "history.csv")
-    for key in ("train_loss", "heldout_masked_ssim", "heldout_masked_psnr"):
+    for key in ("train_loss", "val_masked_ssim", "val_masked_psnr"):
         assert resumed[-1][key] == pytest.approx(straight[-1][key], rel=1e-5)
 
 
 def test_evaluation_scores_every_method_per_patient_from_files(q1_evaluated):
     trained, result = q1_evaluated
     methods = result["methods"]
-    assert list(methods) == ["unet", "unet+flip", "unet25d", "unet25d+flip", "identity", "linear"]
+    assert list(methods) == ["unet", "unet25d", "plain", "identity", "linear", "lut"]
     assert result["device"].startswith("none") and result["patients"] == 20
     for m in methods.values():
         assert not m["problems"]
-        for scale in (SCALE, "t1-derived"):
-            overall = m["scores"][scale]["overall"]["masked_ssim"]
-            per_patient = [p["masked_ssim"] for p in m["scores"][scale]["per_patient"].values()]
-            assert len(per_patient) == 20 and overall["mean"] == pytest.approx(np.mean(per_patient))
-            assert overall["ci95"][0] <= overall["mean"] <= overall["ci95"][1]   # 20 >= 5 patients
-    linear, identity = (methods[k]["scores"][SCALE]["overall"]["masked_mae"]["mean"]
-                        for k in ("linear", "identity"))
+        overall = m["overall"]["masked_ssim"]
+        per_patient = [p["masked_ssim"] for p in m["per_patient"].values()]
+        assert len(per_patient) == 20 and overall["mean"] == pytest.approx(np.mean(per_patient))
+        assert overall["ci95"][0] <= overall["mean"] <= overall["ci95"][1]   # 20 >= 5 patients
+        assert set(m["inner_validation"]) >= {"plain", "flip", "score"}
+    linear, identity = (methods[k]["overall"]["masked_mae"]["mean"] for k in ("linear", "identity"))
     assert linear < identity                      # the linear map inverts the contrast
-    paired = result["paired"]["methods"]["unet25d"][SCALE]["masked_ssim"]
-    assert result["paired"]["reference"] == "unet" and paired["patients"] == 20
-    assert result["final_choice"]["model"] in ("unet", "unet25d")
-    assert result["final_choice"]["epochs"] == 2
+    paired = result["paired"]["methods"]["unet"]["masked_ssim"]
+    assert result["paired"]["reference"] == "plain" and paired["patients"] == 20
+    assert result["final_choice"]["method"] in ("unet", "unet25d")
     figures = trained / "q1" / "demo" / "figures"
-    assert {"curves.png", "examples.png", "worst_slices.png", "per_view_bars.png",
+    assert {"curves.png", "examples.png", "worst_slices.png",
             "per_patient.png"} <= {f.name for f in figures.iterdir()}
     saved = read_json(trained / "q1" / "demo" / "metrics.json")
-    assert saved["scales"][SCALE].startswith("oracle") and saved["data_range"] == 1.0
+    assert saved["scale"] == "slice-p995" and saved["data_range"] == 1.0
+
+
+def test_choices_never_read_the_test_patients(q1_evaluated, tmp_path):
+    """Replace every test slice's prediction by noise: the flip choices and the deployed
+    configuration stay the same; only the test scores move."""
+    trained, result = q1_evaluated
+    root = tmp_path / "results"
+    shutil.copytree(trained, root)
+    rng = np.random.default_rng(0)
+    for run in (root / "q1" / "demo").glob("*-kfold2-fold*-seed0"):
+        with np.load(run / "predictions.npz") as f:
+            arrays = {k: f[k] for k in f.files}
+        test = arrays["role"] == "test"
+        for key in ("t2_pred", "t2_pred_flip"):
+            if key in arrays:
+                arrays[key][test] = rng.random(arrays[key][test].shape).astype(np.float16)
+        np.savez_compressed(run / "predictions.npz", **arrays)
+        summary = read_json(run / "summary.json")
+        summary.pop("files", None)                         # the file is knowingly replaced
+        (run / "summary.json").write_text(json.dumps(summary))
+    again = q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(root)]))
+    for m, e in result["methods"].items():
+        assert again["methods"][m]["inner_validation"] == e["inner_validation"]
+        assert again["methods"][m]["fold_flip"] == e["fold_flip"]
+    assert again["final_choice"]["method"] == result["final_choice"]["method"]
+    assert again["methods"]["unet"]["overall"] != result["methods"]["unet"]["overall"]
 
 
 def test_evaluation_imports_no_training_code():
@@ -117,40 +150,44 @@ def test_evaluation_imports_no_training_code():
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)
 
 
-def test_evaluation_refuses_a_prediction_file_of_another_split(trained, tmp_path):
+def test_evaluation_refuses_a_prediction_file_of_another_run(trained, tmp_path):
     root = tmp_path / "results"
     shutil.copytree(trained, root)
     demo = root / "q1" / "demo"
     shutil.copy(demo / "unet-kfold2-fold1-seed0" / "predictions.npz",
                 demo / RUN / "predictions.npz")
-    with pytest.raises(DataError, match="were made on split .* but the run's split.json is"):
+    with pytest.raises(DataError, match="mixes two runs"):
         q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(root)]))
 
 
-def test_final_model_from_cv_and_external_export(q1_evaluated, tmp_path):
-    """make q1-final, then q1_mri.eval --data OTHER --trained-on demo --save-predictions."""
+def test_deployed_model_and_its_export_map_every_row_back(q1_evaluated, tmp_path):
+    """make q1-final, then q1_mri.infer on a folder whose splits have empty slices in the
+    middle: every row of the file is the row of that slice in the input as read."""
+    from q1_mri import final as q1_final
+    from q1_mri import infer as q1_infer
     from tests.test_q1_bad_input import write_mri
 
-    trained, _ = q1_evaluated
+    trained, result = q1_evaluated
     root = tmp_path / "results"
-    shutil.copytree(trained, root, ignore=shutil.ignore_patterns("*-kfold2-fold1-*"))
-    (root / "q1" / "demo" / "metrics.json").write_text(
-        (trained / "q1" / "demo" / "metrics.json").read_text())
-    summary = q1_train.train(q1_train.parse_args(["--data", "demo", "--device", "cpu",
-                                                  "--split", "all", "--from-cv",
-                                                  "--results-root", str(root)]))
-    choice = read_json(trained / "q1" / "demo" / "metrics.json")["final_choice"]
-    assert summary["model"] == choice["model"] and summary["epochs"] == choice["epochs"]
-    assert summary["split_counts"]["test"]["patients"] == 0
-    other = write_mri(tmp_path / "other", validation=["q1", "q2"])       # a single split
+    shutil.copytree(trained, root)
+    deployed = q1_final.main(q1_final.parse_args(["--data", "demo", "--results-root", str(root)]))
+    choice = result["final_choice"]
+    assert deployed["method"] == choice["method"] and deployed["flip"] == choice["flip"]
+    assert sorted(e["run"] for e in deployed["folds"].values()) == sorted(
+        f"{choice['method']}-kfold2-fold{k}-seed0" for k in range(2))
+    patients = {"train": ["a", "b"], "validation": ["q1", "q2"]}
+    empty = {"train": {2: "t1"}, "validation": {1: "t2", 4: "t1"}}
+    other = write_mri(tmp_path / "other", n=6, empty=empty, **patients)
     out = tmp_path / "p.npz"
-    result = q1_eval.main(q1_eval.parse_args([
-        "--data", str(other.path), "--trained-on", "demo", "--device", "cpu",
-        "--results-root", str(root), "--save-predictions", str(out)]))
-    assert result["test_slices"] == 6 and result["trained_on"] == "demo"
-    assert result["train_patients"] == 20
+    q1_infer.main(q1_infer.parse_args(["--data", str(other.path), "--trained-on", "demo",
+                                       "--device", "cpu", "--results-root", str(root),
+                                       "--out", str(out)]))
     with np.load(out) as f:
-        assert f["t2_pred"].shape == (6, 1, 64, 64) and f["t2_pred"].dtype == np.float32
-        assert list(f["row"]) == list(range(6)) and set(f["split"]) == {"validation"}
-        assert list(f["patient_id"][:2]) == ["q1", "q2"] and str(f["scale"]) == SCALE
-    assert (root / "q1" / other.tag / "trained-on-demo" / "metrics.json").exists()
+        assert str(f["units"]) == UNITS and f["t2_pred"].dtype == np.float32
+        for s in ("train", "validation"):               # row k of the file holds patient k % 2
+            rows = f["row"][f["split"] == s].tolist()
+            assert rows == [r for r in range(6) if r not in empty[s]]
+            assert f["patient_id"][f["split"] == s].tolist() == [patients[s][r % 2] for r in rows]
+    scored = q1_eval.main(q1_eval.parse_args(["--data", str(other.path), "--predictions",
+                                              str(out), "--results-root", str(root)]))
+    assert scored["overall"]["masked_ssim"]["patients"] == 4

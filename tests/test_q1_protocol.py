@@ -1,5 +1,6 @@
-"""Q1 protocol without training: splits, per-patient statistics, paired comparisons, the
-left-right flip per view, 2.5-D neighbours, and evaluation of a hand-made prediction file."""
+"""Q1 protocol without training: splits with inner validation, per-patient statistics, paired
+comparisons, the left-right flip per view, 2.5-D neighbours, and evaluation of a hand-made
+prediction file."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,11 +11,12 @@ from common.cli import DataError
 from common.io import write_json
 from q1_mri import eval as q1_eval
 from q1_mri import patient_stats, splits
-from q1_mri.data import SCALE, VIEWS, Slices, load_mri, normalise, pool
+from q1_mri.data import UNITS, VIEWS, Slices, load_mri, normalise, pool
 from q1_mri.demo import make_demo_mri
+from q1_mri.metrics import slice_scaled
 from q1_mri.neighbours import neighbour_rows
 from q1_mri.prediction_file import save_predictions
-from q1_mri.train import augment
+from q1_mri.train import augment, shift_images
 from tests.test_q1_bad_input import write_mri
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
@@ -26,20 +28,23 @@ def slices_of(patients: dict[str, str], n: int = 2) -> Slices:
     split = np.repeat(np.array(list(patients.values()), dtype="<U10"), n)
     row = np.concatenate([np.flatnonzero(split == s) for s in dict.fromkeys(split)])
     z = np.zeros((len(pid), 1, 64, 64), np.float16)
-    return Slices(z, z, pid, np.full(len(pid), "axial"), 0, split, row)
+    return Slices(z, z, pid, np.full(len(pid), "axial"), 0, row, split)
 
 
 # ---------------------------------------------------------------- splits
 
-def test_kfold_tests_each_patient_in_exactly_one_fold():
-    patients = {f"p{i}": "train" if i < 6 else "validation" for i in range(8)}
-    folds = splits.assign(patients, "kfold", 4, seed=0)
+def test_kfold_tests_each_patient_once_and_tunes_on_a_sixth_of_the_rest():
+    patients = {f"p{i}": "train" if i < 30 else "validation" for i in range(38)}
+    folds = splits.assign(patients, "kfold", 5, seed=0)
     tested = [p for roles in folds.values() for p, r in roles.items() if r == "test"]
     assert sorted(tested) == sorted(patients)                   # every patient, once
-    assert [sum(r == "test" for r in roles.values()) for roles in folds.values()] == [2] * 4
-    assert folds != splits.assign(patients, "kfold", 4, seed=1)  # the seed changes the split
-    with pytest.raises(DataError, match="needs at least 4 patients"):
-        splits.assign({"a": "train", "b": "train"}, "kfold", 4, 0)
+    assert sorted(sum(r == "test" for r in roles.values()) for roles in folds.values()) == [
+        7, 7, 8, 8, 8]
+    for roles in folds.values():                                # 30-31 train -> 5 inner val
+        assert sum(r == "val" for r in roles.values()) == 5
+    assert folds != splits.assign(patients, "kfold", 5, seed=1)  # the seed changes the split
+    with pytest.raises(DataError, match="needs at least 8 patients"):
+        splits.assign({f"p{i}": "train" for i in range(7)}, "kfold", 4, 0)
 
 
 def test_split_file_is_written_once_and_refuses_other_data(tmp_path):
@@ -65,7 +70,8 @@ def test_a_shared_patient_is_refused():
 
 def test_official_scheme_tests_the_validation_split():
     roles = splits.assign({"a": "train", "b": "train", "c": "validation"}, "official", 4, 0)
-    assert roles == {"official": {"a": "train", "b": "train", "c": "test"}}
+    assert roles["official"]["c"] == "test"
+    assert sorted(roles["official"][p] for p in "ab") == ["train", "val"]   # inner validation
     with pytest.raises(DataError, match="--split official needs patients in both"):
         splits.assign({"a": "validation", "b": "validation"}, "official", 4, 0)
 
@@ -122,10 +128,12 @@ def test_the_flip_is_left_right_in_every_view():
         _, t2 = augment(x, x.clone(), torch.full((16,), VIEWS.index(view)), gen)
         flipped = []
         for b in range(16):
-            shifted = {(dy, dx): torch.roll(x[b], (dy, dx), (-2, -1))
+            shifted = {(dy, dx): shift_images(x[b:b + 1], torch.tensor([dy]), torch.tensor([dx]))[0]
                        for dy in range(-4, 5) for dx in range(-4, 5)}
             plain = any(torch.equal(t2[b], s) for s in shifted.values())
-            mirror = any(torch.equal(t2[b], s.flip(-2)) for s in shifted.values())
+            mirror = any(torch.equal(t2[b], shift_images(x[b:b + 1].flip(-2), torch.tensor([dy]),
+                                                          torch.tensor([dx]))[0])
+                         for dy, dx in shifted)
             assert plain or mirror
             flipped.append(mirror and not plain)
         if view == "sagittal":      # no left-right axis in the plane: never mirrored
@@ -166,7 +174,7 @@ def test_neighbours_follow_verified_slice_order_and_refuse_a_shuffled_one():
     assert rows[first[0]].tolist() == [first[0], first[0], first[1]]   # the stack's end
     shuffled = np.random.default_rng(0).permutation(len(data))
     bad = Slices(data.t1[shuffled], data.t2[shuffled], data.patient_id, data.view, 0,
-                 data.split, data.row)                            # images no longer in order
+                 data.row, data.split)                            # images no longer in order
     with pytest.raises(DataError, match="no stack of slices of this data is in slice order"):
         neighbour_rows(bad, 1)
     rows, report = neighbour_rows(bad, 1, require=False)
@@ -176,58 +184,65 @@ def test_neighbours_follow_verified_slice_order_and_refuse_a_shuffled_one():
 # ---------------------------------------------------------------- evaluation from a file
 
 def handmade_run(tmp_path, noise: float = 0.05):
-    """A source with 2 train and 2 validation patients and one run folder of the official
-    scheme holding a hand-made prediction file (the true T2 plus noise)."""
-    source = write_mri(tmp_path / "src", n=6, train=["p1", "p2"], validation=["p3", "p4"])
+    """A source with 3 train and 2 validation patients and one run folder of the official
+    scheme holding a hand-made prediction file (the true T2 plus noise) for its inner-
+    validation and test slices."""
+    source = write_mri(tmp_path / "src", n=10, train=["p1", "p2", "p5"], validation=["p3", "p4"])
     root = tmp_path / "results" / "q1" / source.tag
     data = pool(load_mri(source))
     split, path = splits.open_split(root, source.tag, data, "official", 1, 0)
     entry = splits.run_entry(split, path, "official")
-    test = np.flatnonzero(data.split == "validation")
+    roles = splits.slice_roles(split["folds"]["official"], data)
+    rows = np.flatnonzero(roles != "train")
     _, t2, mask = normalise(data)
-    pred = np.clip(t2[test] + np.random.default_rng(0).normal(0, noise, t2[test].shape), 0, 1)
+    pred = np.clip(t2[rows] + np.random.default_rng(0).normal(0, noise, t2[rows].shape), 0, 1)
     run = root / "unet-official-seed0"
     write_json(run / "split.json", entry)
     write_json(run / "summary.json", {"model": "unet", "name": None, "split": "official",
                                       "fold": "official", "seed": 0, "config": {"model": "unet"}})
-    sub = data.select(test)
+    sub = data.select(rows)
     save_predictions(run / "predictions.npz", sub.row, sub.split, sub.patient_id, sub.view,
-                     pred, SCALE, "unet", entry["split_id"], source.tag, dtype=np.float32)
-    return source, run, t2[test], pred.astype(np.float32), sub.patient_id
+                     roles[rows], pred, UNITS, "unet", entry["split_id"], source.tag,
+                     dtype=np.float32)
+    test = roles[rows] == "test"
+    return (source, run, data.t2[rows][test].astype(np.float32), pred.astype(np.float32)[test],
+            sub.patient_id[test], mask[rows][test])
 
 
 def test_evaluation_of_a_handmade_file_equals_skimage_and_hand_psnr(tmp_path, monkeypatch):
+    """Per slice, truth and prediction scaled by their own brain p99.5 (metrics.slice_scaled),
+    then skimage's SSIM and a hand PSNR, averaged per patient, then over patients."""
     from q1_mri import figures
     monkeypatch.setattr(figures, "write_all", lambda *a, **k: None)
-    source, _, gt, pred, pid = handmade_run(tmp_path)
+    source, _, gt, pred, pid, mask = handmade_run(tmp_path)
     result = q1_eval.main(q1_eval.parse_args(["--data", str(source.path), "--results-root",
                                               str(tmp_path / "results")]))
-    ssim = [skimage_metrics.structural_similarity(g[0], p[0], data_range=1.0)
-            for g, p in zip(gt, pred)]
-    psnr = [10 * np.log10(1.0 / np.mean((g.astype(np.float64) - p) ** 2)) for g, p in zip(gt, pred)]
-    scores = result["methods"]["unet"]["scores"][SCALE]
+    g = slice_scaled(torch.from_numpy(gt), torch.from_numpy(mask)).numpy()
+    p = slice_scaled(torch.from_numpy(pred), torch.from_numpy(mask)).numpy()
+    ssim = [skimage_metrics.structural_similarity(a[0], b[0], data_range=1.0) for a, b in zip(g, p)]
+    psnr = [10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)) for a, b in zip(g, p)]
+    scores = result["methods"]["unet"]
     for key, values in (("ssim", ssim), ("psnr", psnr)):
-        per_patient = [np.mean(np.array(values)[pid == p]) for p in ("p3", "p4")]
+        per_patient = [np.mean(np.array(values)[pid == q]) for q in ("p3", "p4")]
         assert scores["overall"][key]["mean"] == pytest.approx(np.mean(per_patient), abs=1e-3)
         assert scores["per_patient"]["p3"][key] == pytest.approx(per_patient[0], abs=1e-3)
     assert scores["overall"]["ssim"]["ci95"] is None             # 2 patients: no interval
-    assert result["headline_scheme"] == "official" and result["patients"] == 4
+    assert result["headline_scheme"] == "official" and result["patients"] == 5
 
 
 def test_evaluation_refuses_a_file_of_another_split_or_other_patients(tmp_path):
-    source, run, _, pred, pid = handmade_run(tmp_path)
+    source, run, _, _, _, _ = handmade_run(tmp_path)
     args = q1_eval.parse_args(["--data", str(source.path), "--results-root",
                                str(tmp_path / "results")])
     with np.load(run / "predictions.npz") as f:
-        arrays = {k: f[k] for k in f.files}
-    save_predictions(run / "predictions.npz", arrays["row"], arrays["split"],
-                     arrays["patient_id"], arrays["view"], pred, SCALE, "unet", "0123456789ab",
-                     source.tag)
+        a = {k: f[k] for k in f.files}
+    save_predictions(run / "predictions.npz", a["row"], a["split"], a["patient_id"], a["view"],
+                     a["role"], a["t2_pred"], UNITS, "unet", "0123456789ab", source.tag)
     with pytest.raises(DataError, match="were made on split 0123456789ab"):
         q1_eval.main(args)
-    keep = pid == "p3"
-    save_predictions(run / "predictions.npz", arrays["row"][keep], arrays["split"][keep],
-                     arrays["patient_id"][keep], arrays["view"][keep], pred[keep], SCALE, "unet",
-                     str(arrays["split_id"]), source.tag)
-    with pytest.raises(DataError, match="are not the test patients of"):
+    keep = a["patient_id"] != "p3"
+    save_predictions(run / "predictions.npz", a["row"][keep], a["split"][keep],
+                     a["patient_id"][keep], a["view"][keep], a["role"][keep], a["t2_pred"][keep],
+                     UNITS, "unet", str(a["split_id"]), source.tag)
+    with pytest.raises(DataError, match="its test patients .* are not those of"):
         q1_eval.main(args)

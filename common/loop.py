@@ -1,0 +1,149 @@
+"""The epoch loop's bookkeeping, written once for both questions: a run folder that holds one
+run or nothing, the history, the best epoch on inner validation, patience, checkpoints and
+resume. Each question's train() keeps its own loop (data, model, loss, step) in view:
+
+    book = RunBook(out, patience, resume=args.resume, config=config)
+    book.restore(model, ema, opt, scaler, gen, dgen)        # no-op unless resuming
+    with locked(out):
+        book.begin(split_entry)                             # clears a replaced run's files
+        for epoch in book.epochs(args.epochs):              # stops after `patience` flat epochs
+            ...train steps..., row = {"epoch": epoch + 1, ..., "score": inner-val score}
+            book.end_epoch(row, state, weights)             # checkpoint.pt, best.pt, history.csv
+        book.finish(summary, write_predictions)             # predictions.npz, then summary.json
+
+The files of a run belong together: summary.json is written last and names the SHA-256 of the
+prediction file and of the best weights it was finished with (evaluation checks them), and a
+replaced run's outputs are removed before its first epoch, so a killed rerun leaves a folder
+without summary.json, which evaluation does not score, never a mix of two runs. history.csv is
+written after the checkpoint: after a kill it may lag the checkpoint, never run ahead of it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.io import file_digest, torch_save, write_csv, write_json
+from common.runs import check_resume
+from common.runtime import rng_state, set_rng_state
+
+OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv",
+           "split.json")
+FINISHED = ("summary.json", "predictions.npz")   # what a resumed run finishes anew
+
+
+class RunBook:
+    """History, best score and resume state of one run folder `out` (see the module docstring).
+
+    config: the run's resolved settings (saved in every checkpoint; --resume must match them).
+    patience: stop after this many epochs without a better inner-validation score.
+    """
+
+    def __init__(self, out: Path, patience: int, resume: bool, config: dict):
+        self.out, self.patience, self.config = out, patience, config
+        self.history: list[dict] = []
+        self.best, self.start_epoch, self.checkpoint = -float("inf"), 0, None
+        path = out / "checkpoint.pt"
+        if resume and not path.exists():
+            print(f"notice: nothing to resume in {out}; starting from scratch")
+        elif resume:
+            # to the CPU: the RNG states must stay CPU ByteTensors; the weights and optimiser
+            # state move to the device when they are loaded into the live objects
+            ck = load_checkpoint(path, "cpu")
+            check_resume(ck["config"], config, ck["epoch"], out)
+            self.checkpoint = ck
+            self.history, self.best, self.start_epoch = ck["history"], ck["best_metric"], ck["epoch"]
+
+    def restore(self, model, ema, optimizer, scaler, gen: torch.Generator,
+                device_gen: torch.Generator | None = None) -> None:
+        """Load a resumed checkpoint into the live training objects (no-op when fresh)."""
+        ck = self.checkpoint
+        if ck is None:
+            return
+        try:
+            model.load_state_dict(ck["model"])
+            ema.load_state_dict(ck["ema"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scaler.load_state_dict(ck["scaler"])
+            set_rng_state(gen, ck["rng"], device_gen)
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume from {self.out / 'checkpoint.pt'} "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0]}): drop "
+                                  "--resume to start afresh") from e
+
+    @property
+    def fresh(self) -> bool:
+        return self.start_epoch == 0
+
+    @property
+    def best_epoch(self) -> int:
+        return max((h["epoch"] for h in self.history if h["score"] == self.best), default=0)
+
+    def begin(self, split_entry: dict) -> None:
+        """Inside the run's lock, before the first epoch: a fresh run removes every output of
+        a run it replaces; a resumed one only the files of its earlier finish. Writes the
+        fold's split.json."""
+        stale = OUTPUTS if self.fresh else FINISHED
+        replaced = [f for f in stale if (self.out / f).exists()]
+        if self.fresh and replaced:
+            print(f"notice: replacing the earlier run in {self.out} (--resume continues one)")
+        for name in replaced:
+            (self.out / name).unlink()
+        write_json(self.out / "split.json", split_entry)
+
+    def epochs(self, total: int) -> Iterator[int]:
+        """Epoch indices start_epoch..total-1, ending early after `patience` epochs without a
+        better score."""
+        for epoch in range(self.start_epoch, total):
+            if self.history and epoch - self.best_epoch >= self.patience:
+                print(f"early stop: no inner-validation gain for {self.patience} epochs")
+                return
+            yield epoch
+
+    def end_epoch(self, row: dict, state: dict, weights: Callable[[], dict]) -> bool:
+        """Record an epoch: `row` (needs "epoch" and "score"), the training `state` (the
+        checkpoint's model, ema, optimizer, scaler, model_args and rng), and, when the score
+        is the best so far, `weights()` as best.pt. Returns whether it was the best."""
+        if not torch.isfinite(torch.tensor(row["score"])):
+            raise CheckpointError(f"epoch {row['epoch']}: the inner-validation score is "
+                                  f"{row['score']} (non-finite weights?); {self.out} keeps the "
+                                  "last good checkpoint")
+        self.history.append(row)
+        improved = row["score"] > self.best
+        if improved:
+            self.best = row["score"]
+            torch_save(self.out / "best.pt", {**weights(), "epoch": row["epoch"],
+                                              "config": self.config})
+        save_checkpoint(self.out / "checkpoint.pt", **state, epoch=row["epoch"],
+                        best_metric=self.best, config=self.config, history=self.history)
+        write_csv(self.out / "history.csv", self.history)
+        print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in row.items()))
+        return improved
+
+    def finish(self, summary: dict, write_predictions: Callable[[], Path]) -> dict:
+        """Write the prediction file, then summary.json naming it and the best weights by
+        SHA-256 (the last file written: a folder without it is unfinished)."""
+        path = write_predictions()
+        summary = {**summary, "best_epoch": self.best_epoch, "epochs_run": len(self.history),
+                   "wall_time_s": self.history[-1]["elapsed_s"] if self.history else 0.0,
+                   "files": {"predictions.npz": file_digest(path),
+                             "best.pt": file_digest(self.out / "best.pt")}}
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+
+def elapsed(history: list[dict], epoch_s: float) -> float:
+    """Training seconds so far, resumed runs included: the last row's plus this epoch's."""
+    return (history[-1]["elapsed_s"] if history else 0.0) + epoch_s
+
+
+def checkpoint_state(model, ema, optimizer, scaler, model_args: dict, gen: torch.Generator,
+                     device_gen: torch.Generator | None = None, **extra) -> dict:
+    """The training state every checkpoint holds (common.checkpoint.KEYS, less what RunBook
+    adds: epoch, best_metric, config, history)."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "model_args": model_args, "rng": rng_state(gen, device_gen), **extra}
