@@ -77,6 +77,7 @@ q1: setup
 	  done; done; \
 	done
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
+	$(PYTHON) -m q1_mri.figures --data "$(Q1_DATA)"
 
 ## Q1: the width ablation: the U-Net at Q1_WIDTHS on folds 0-1 of seed 0 (a choice inner validation makes)
 q1-ablations: setup
@@ -86,6 +87,7 @@ q1-ablations: setup
 	    $(RESUME_FLAG) $(Q1_ARGS); \
 	done; done
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
+	$(PYTHON) -m q1_mri.figures --data "$(Q1_DATA)"
 
 ## Q1: the deployed model: the chosen configuration's k fold models as the CV scored them (no training); then q1_mri.infer
 q1-final: setup
@@ -113,6 +115,7 @@ q2: setup
 	done
 	$(PYTHON) -m q2_ecg.ensemble --data "$(Q2_DATA)"
 	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
+	$(PYTHON) -m q2_ecg.figures --data "$(Q2_DATA)"
 
 ## Q2: the deployed model: the chosen configuration's k fold models as the CV scored them (no training); then q2_ecg.infer
 q2-final: setup
@@ -126,6 +129,7 @@ q2-curves: setup
 	    --patience $(Q2_CURVE_EPOCHS) $(RESUME_FLAG) $(Q2_ARGS); \
 	done; done
 	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
+	$(PYTHON) -m q2_ecg.figures --data "$(Q2_DATA)"
 
 ## Q2: the ResNet with the other RR feature sets (Q2_RR_SETS), every fold of seed 0 (what the features do per database)
 q2-ablations: setup
@@ -134,6 +138,7 @@ q2-ablations: setup
 	    --fold $$fold --rr-set $$set --name rr-$$set $(RESUME_FLAG) $(Q2_ARGS); \
 	done; done
 	$(PYTHON) -m q2_ecg.eval --data "$(Q2_DATA)"
+	$(PYTHON) -m q2_ecg.figures --data "$(Q2_DATA)"
 
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
 demo: demo-q1 demo-q2

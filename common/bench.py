@@ -122,7 +122,8 @@ def device_peak(device: torch.device) -> tuple[float | None, str]:
 
 @contextlib.contextmanager
 def eager(r):
-    """Run the training step of a run namespace `r` (its `step_model`) with the eager model."""
+    """Run the training step of a run `r` (a train.setup(): its `step_model`) with the eager
+    model."""
     compiled, r.step_model = r.step_model, r.model
     try:
         yield
@@ -131,8 +132,8 @@ def eager(r):
 
 
 def measure(r, step: Callable[[], int], steps: int) -> dict:
-    """Throughput, peak memory and FLOPs of `step()`, one training step of the run `r` (a
-    train.setup() namespace) that returns the number of items (slices, beats) it trained on.
+    """Throughput, peak memory and FLOPs of `step()`, one training step of the run `r` (what a
+    train.setup() returns) that returns the number of items (slices, beats) it trained on.
 
     One step is counted on the eager model, then `steps` steps are timed after a warm-up
     (longer when compiled: the first calls compile).

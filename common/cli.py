@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
 from common.cache import CacheError
 from common.checkpoint import CheckpointError
 from common.datasource import DataSourceError
-from common.io import WriteError
+from common.io import ReadError, WriteError
 from common.runs import RunError
+from common.runtime import ResourceError
+
+SEED_MAX = 2**32 - 1   # numpy's largest seed: a larger one crashes np.random.seed mid-run
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 class DataError(ValueError):
@@ -22,8 +27,29 @@ def count(text: str) -> int:
 
 
 def natural(text: str) -> int:
-    """argparse type: an integer >= 0 (seeds, fold indices)."""
+    """argparse type: an integer >= 0 (fold indices, worker counts)."""
     return _checked(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer in 0..2**32-1 (what numpy, seeded with it, accepts)."""
+    return _checked(int, text, lambda v: 0 <= v <= SEED_MAX, f"an integer in 0..{SEED_MAX}")
+
+
+def device(text: str) -> str:
+    """argparse type: auto | cpu | cuda | cuda:N | mps. Anything else is refused here, since
+    select_device would otherwise run a misspelt device silently on the CPU."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use {DEVICES}")
+    return text
+
+
+def data_spec(text: str) -> str:
+    """argparse type: a --data value. An empty one is refused at once: as a path it would be
+    the current folder, whose every file would be hashed (a minute) before failing."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value names no data: use auto, hub, demo or a folder")
+    return text
 
 
 def positive(text: str) -> float:
@@ -44,7 +70,6 @@ def fraction(text: str) -> float:
 def name(text: str) -> str:
     """argparse type: a run-name word (letters, digits, '-', '_', '.'; not '.' or '..'), since
     it becomes part of a folder name under results/."""
-    import re
     if not re.fullmatch(r"[A-Za-z0-9._-]+", text) or set(text) == {"."}:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a name: use letters, digits, '-', '_' and '.' only")
@@ -76,7 +101,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="auto",
+    p.add_argument("--data", type=data_spec, default="auto",
                    help="auto | hub | demo | path to a local folder in the hub's schema")
     p.add_argument("--results-root", default=None,
                    help="folder holding results/<question>/<source>/ (default: ./results)")
@@ -84,8 +109,32 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
-    p.add_argument("--seed", type=natural, default=0, help="seeds data splits, init and batch order")
-    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    p.add_argument("--seed", type=seed, default=0, help="seeds data splits, init and batch order")
+    p.add_argument("--device", type=device, default="auto", help="auto | cuda | cuda:N | cpu | mps")
+
+
+def data_args(doc: str, argv=None) -> argparse.Namespace:
+    """The parsed --data and --results-root of a stage that takes nothing else (its module
+    docstring's first line is the description)."""
+    p = parser(doc.splitlines()[0])
+    add_data_args(p)
+    return p.parse_args(argv)
+
+
+def add_infer_args(p: argparse.ArgumentParser) -> None:
+    """--data (what to predict), --trained-on, --out, --device: the infer stage's flags."""
+    add_data_args(p)
+    p.add_argument("--trained-on", type=data_spec, required=True,
+                   help="the source whose deployed model (make q1-final / q2-final) predicts --data")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="the prediction file to write")
+    p.add_argument("--device", type=device, default="auto", help="auto | cuda | cuda:N | cpu | mps")
+
+
+def add_split_args(p: argparse.ArgumentParser, schemes: tuple[str, ...], folds: int) -> None:
+    """--split, --folds, --seed of the stages that follow a split file (baselines)."""
+    p.add_argument("--split", choices=schemes, default=schemes[0])
+    p.add_argument("--folds", type=count, default=folds, help="K of the k-fold scheme")
+    p.add_argument("--seed", type=seed, default=0, help="the split's seed")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:
@@ -98,21 +147,20 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
                    default=argparse.SUPPRESS, help="the same as --compile off")
 
 
-def add_eval_args(p: argparse.ArgumentParser, items: str) -> None:
-    """--trained-on and --save-predictions, shared by both evaluation scripts."""
-    add_run_args(p)
-    p.add_argument("--trained-on", default=None,
-                   help="source the models were trained on (default: --data); when it differs, "
-                        f"every {items} of --data is a test {items}")
-    p.add_argument("--save-predictions", default=None, metavar="FILE.npz",
-                   help=f"write the chosen model's prediction for every test {items}")
+def add_eval_args(p: argparse.ArgumentParser, infer_module: str) -> None:
+    """--data, --results-root and --predictions: the evaluation stage's flags."""
+    add_data_args(p)
+    p.add_argument("--predictions", default=None, metavar="FILE.npz",
+                   help=f"score this file of {infer_module} against --data instead of the "
+                        "cross-validation's runs")
 
 
 def run_main(main: Callable[[], None]) -> None:
     """Run `main`; expected failures print one clear line and exit with status 2."""
     try:
         main()
-    except (DataSourceError, DataError, CheckpointError, CacheError, WriteError, RunError) as e:
+    except (DataSourceError, DataError, CheckpointError, CacheError, ReadError, WriteError, RunError,
+            ResourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:   # e.g. a results folder that cannot be created

@@ -26,20 +26,30 @@ class ModelEMA:
         self.decay = decay
         self.updates = 0
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self._pairs = None          # (shadow floats, live floats, shadow ints, live ints)
+
+    def _tensors(self, model: nn.Module):
+        """The shadow's and the model's float tensors (parameters and float buffers, in one
+        order) and integer buffers, listed once: the update is then two fused calls."""
+        if self._pairs is None:
+            mine = dict(self.shadow.named_parameters()) | dict(self.shadow.named_buffers())
+            live = dict(model.named_parameters()) | dict(model.named_buffers())
+            floats = [k for k, t in mine.items() if t.is_floating_point()]
+            ints = [k for k, t in mine.items() if not t.is_floating_point()]
+            self._pairs = ([mine[k] for k in floats], [live[k] for k in floats],
+                           [mine[k] for k in ints], [live[k] for k in ints])
+        return self._pairs
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One EMA step towards `model`'s current weights: torch._foreach_lerp_ over every
+        float tensor at once (one fused kernel per device, no Python loop over tensors)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        params = dict(model.named_parameters())
-        for name, p in self.shadow.named_parameters():
-            p.lerp_(params[name].detach(), 1.0 - d)
-        buffers = dict(model.named_buffers())
-        for name, b in self.shadow.named_buffers():
-            if b.is_floating_point():
-                b.lerp_(buffers[name].detach(), 1.0 - d)
-            else:
-                b.copy_(buffers[name])
+        shadow, live, shadow_ints, live_ints = self._tensors(model)
+        torch._foreach_lerp_(shadow, [t.detach() for t in live], 1.0 - d)
+        if shadow_ints:
+            torch._foreach_copy_(shadow_ints, live_ints)
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow.state_dict(), "updates": self.updates}

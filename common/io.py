@@ -26,6 +26,19 @@ class WriteError(RuntimeError):
     """A file could not be written (read-only folder, disk full ...); the message names it."""
 
 
+class ReadError(RuntimeError):
+    """A file exists but cannot be read back (truncated, binary, damaged); the message names it
+    and says what to do, so a damaged result ends in one line instead of a parser's traceback."""
+
+
+READ_HINT = "the file is damaged; remove it and rerun the step that wrote it"
+
+
+def unreadable(path: str | Path, error: Exception, hint: str = READ_HINT) -> ReadError:
+    """The one-line ReadError for `path`, naming the kind of failure (JSONDecodeError ...)."""
+    return ReadError(f"cannot read {path} ({type(error).__name__}): {hint}")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -118,8 +131,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_bytes(path, (text + "\n").encode())
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, hint: str = READ_HINT) -> Any:
+    """The JSON value in `path`. A missing file raises FileNotFoundError, as callers that test
+    for it expect; a file that is there but unreadable (truncated, binary) raises ReadError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON and Unicode decoding
+        raise unreadable(path, e, hint) from e
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
@@ -134,15 +154,34 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return write_bytes(path, buf.getvalue().encode())
 
 
-def read_csv(path: str | Path) -> list[dict[str, float | str]]:
-    """Read a CSV written by `write_csv`; numeric cells come back as floats."""
-    def parse(v: str) -> float | str:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+def read_csv(path: str | Path, hint: str = READ_HINT) -> list[dict[str, float | str]]:
+    """Read a CSV written by `write_csv`; numeric cells come back as floats.
+
+    A missing file raises FileNotFoundError. write_csv ends every line with a newline and fills
+    every column, so a file that does not (cut off mid-line), or one that is not text, raises
+    ReadError rather than handing back a shortened number or a None.
+    """
+    try:
+        with open(path, newline="") as f:     # newline="": quoted cells keep their own
+            text = f.read()
+        if text and not text.endswith("\n"):
+            raise ValueError("the last line is cut off")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        if any(None in row or None in row.values() for row in rows):
+            raise ValueError("a row's cells do not match the header")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, csv.Error) as e:   # ValueError: Unicode decoding, the above
+        raise unreadable(path, e, hint) from e
+    return [{k: _number_or_text(v) for k, v in row.items()} for row in rows]
+
+
+def _number_or_text(cell: str) -> float | str:
+    """A cell as a float where it is a number (epochs, losses), else as written (names)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
 
 
 def file_digest(path: str | Path) -> str:

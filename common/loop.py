@@ -4,8 +4,7 @@ resume. Each question's train() keeps its own loop (data, model, loss, step) in 
 
     book = RunBook(out, patience, resume=args.resume, config=config)
     book.restore(model, ema, opt, scaler, gen, dgen)        # no-op unless resuming
-    with locked(out):
-        book.begin(split_entry)                             # clears a replaced run's files
+    with book.running(split_entry):                         # the lock; clears a replaced run
         for epoch in book.epochs(args.epochs):              # stops after `patience` flat epochs
             ...train steps..., row = {"epoch": epoch + 1, ..., "score": inner-val score}
             book.end_epoch(row, state, weights)             # checkpoint.pt, best.pt, history.csv
@@ -19,14 +18,20 @@ written after the checkpoint: after a kill it may lag the checkpoint, never run 
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common import runtime
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.ema import ModelEMA
 from common.io import file_digest, torch_save, write_csv, write_json
-from common.runs import check_resume
+from common.runs import check_resume, locked
 from common.runtime import rng_state, set_rng_state
 
 OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv",
@@ -81,6 +86,14 @@ class RunBook:
     def best_epoch(self) -> int:
         return max((h["epoch"] for h in self.history if h["score"] == self.best), default=0)
 
+    @contextlib.contextmanager
+    def running(self, split_entry: dict) -> Iterator[None]:
+        """Hold the run folder's lock (common.runs.locked) for the run's whole life, starting it
+        with `begin`."""
+        with locked(self.out):
+            self.begin(split_entry)
+            yield
+
     def begin(self, split_entry: dict) -> None:
         """Inside the run's lock, before the first epoch: a fresh run removes every output of
         a run it replaces; a resumed one only the files of its earlier finish. Writes the
@@ -101,6 +114,15 @@ class RunBook:
                 print(f"early stop: no inner-validation gain for {self.patience} epochs")
                 return
             yield epoch
+
+    def epoch_loss(self, loss_sum: torch.Tensor, steps: int, epoch: int) -> float:
+        """The epoch's mean training loss from its on-device sum: the epoch's one host
+        synchronisation, checked before anything of the epoch is saved."""
+        loss = (loss_sum / steps).item()
+        if not math.isfinite(loss):
+            raise CheckpointError(f"training diverged (loss {loss}) in epoch {epoch + 1}; "
+                                  f"{self.out} keeps the last good checkpoint")
+        return loss
 
     def end_epoch(self, row: dict, state: dict, weights: Callable[[], dict]) -> bool:
         """Record an epoch: `row` (needs "epoch" and "score"), the training `state` (the
@@ -147,3 +169,60 @@ def checkpoint_state(model, ema, optimizer, scaler, model_args: dict, gen: torch
     return {"model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "model_args": model_args, "rng": rng_state(gen, device_gen), **extra}
+
+
+@dataclass
+class Trainer:
+    """The training objects of one run, the same in both questions; each question's Setup
+    adds its data to these fields."""
+    out: Path                   # the run folder
+    device: torch.device
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model, torch.compiled where asked
+    model_args: dict            # what rebuilds it: build_model(**model_args)
+    ema: ModelEMA
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator        # host generator (seeding; its state is checkpointed)
+    device_gen: torch.Generator  # batches and augmentation, drawn on the device
+    amp: Callable               # context-manager factory for the forward pass
+    precision: str
+    book: RunBook
+    split_entry: dict           # the fold's split.json
+    meta: dict                  # provenance, split counts: for summary.json
+
+    def end_epoch(self, row: dict, started: float) -> None:
+        """Record an epoch's `row` (RunBook.end_epoch) with its training time since `started`
+        (time.time()), the full training state and the EMA weights."""
+        row["elapsed_s"] = elapsed(self.book.history, time.time() - started)
+        self.book.end_epoch(row, checkpoint_state(self.model, self.ema, self.opt, self.scaler,
+                                                  self.model_args, self.gen, self.device_gen),
+                            lambda: {"model_args": self.model_args, "ema": self.ema.state_dict()})
+
+    def finish(self, extra: dict, write_predictions: Callable[[], Path]) -> dict:
+        """RunBook.finish with the summary every run has (provenance, parameters, settings) and
+        the question's `extra` fields."""
+        params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return self.book.finish({**self.meta, "parameters": params, "model_args": self.model_args,
+                                 "precision": self.precision, "config": self.book.config, **extra},
+                                write_predictions)
+
+
+def trainer(out: Path, model: torch.nn.Module, model_args: dict, args, config: dict,
+            device: torch.device, gen: torch.Generator, split_entry: dict, meta: dict,
+            cpu_bf16: bool = False) -> dict:
+    """Trainer's fields for `model` (already on `device`) trained as `args` say (lr,
+    weight_decay, ema_decay, seed, resume, patience, compile; precision where the script has
+    it), resumed from out/checkpoint.pt with --resume."""
+    ema = ModelEMA(model, args.ema_decay)
+    opt = runtime.adamw(model.parameters(), device, lr=args.lr, weight_decay=args.weight_decay)
+    scaler = runtime.grad_scaler(device)
+    device_gen = runtime.device_generator(device, args.seed)
+    book = RunBook(out, args.patience, args.resume, config)
+    book.restore(model, ema, opt, scaler, gen, device_gen)
+    amp, name = runtime.precision(device, getattr(args, "precision", "auto") == "auto", cpu_bf16)
+    return {"out": out, "device": device, "model": model,
+            "step_model": torch.compile(model) if args.compile else model,
+            "model_args": model_args, "ema": ema, "opt": opt, "scaler": scaler, "gen": gen,
+            "device_gen": device_gen, "amp": amp, "precision": name, "book": book,
+            "split_entry": split_entry, "meta": meta}

@@ -1,11 +1,13 @@
 """Reading a run's prediction file: what both questions check before scoring one."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import DataError
+from common.io import unreadable
 
 
 def read_predictions(path: Path, required: tuple[str, ...], split_id: str | None,
@@ -15,8 +17,9 @@ def read_predictions(path: Path, required: tuple[str, ...], split_id: str | None
     try:
         with np.load(path, allow_pickle=False) as f:
             a = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read predictions {path} ({type(e).__name__}); rerun that run") from e
+    # a truncated .npz is a BadZipFile; a damaged member a KeyError, EOFError or ValueError
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise unreadable(path, e, "rerun that run") from e
     missing = [k for k in required if k not in a]
     if missing:
         raise DataError(f"predictions {path} lack {missing}")

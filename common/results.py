@@ -34,6 +34,16 @@ def evaluation_dirs(question: str, train_source: DataSource, test_source: DataSo
     return run_dir, out, external
 
 
+def read_metrics(root: Path, evaluator: str) -> dict:
+    """root/metrics.json, or a one-line error naming the stage that writes it."""
+    from common.cli import DataError
+    from common.io import read_json
+
+    if not (root / "metrics.json").exists():
+        raise DataError(f"no {root / 'metrics.json'}: run python -m {evaluator} first")
+    return read_json(root / "metrics.json")
+
+
 def git_commit() -> str:
     """Commit of the code that produced a result, with '+dirty' for uncommitted changes."""
     try:

@@ -37,9 +37,10 @@ def locked(folder: Path) -> Iterator[Path]:
     """Hold `folder/.lock` while a run writes the folder; refuse if another run holds it.
 
     The lock is an exclusive flock on the file (the kernel drops it when its process dies, so
-    two processes can never both hold it), and the file names the holder's pid and host for the
-    message and for runs on another machine sharing the folder. A file left by a killed run on
-    this host is cleared with a notice, and so are that run's temporary files.
+    two processes can never both hold it), and the file names the holder's pid, host and process
+    start time for the message and for runs on another machine sharing the folder. A file left
+    by a killed run on this host is cleared with a notice, and so are that run's temporary files;
+    so is one whose pid now belongs to another process (same pid, other start time).
     """
     require_writable(folder, "results")
     lock = folder / ".lock"
@@ -50,7 +51,7 @@ def locked(folder: Path) -> Iterator[Path]:
             print(f"notice: clearing the stale lock of a run that no longer exists in {folder}",
                   file=sys.stderr)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}".encode(), 0)
+        os.pwrite(fd, _owner_line().encode(), 0)
         remove_orphans(folder)
         yield folder
     finally:
@@ -87,15 +88,40 @@ def _acquire(lock: Path, folder: Path) -> int:
 
 def _lock_owner(lock: Path) -> int | None:
     """The pid a lock file names if that run may be alive (alive here, or on another host),
-    else None (empty, unreadable, or a dead process of this host)."""
+    else None (empty, unreadable, a dead process of this host, or a live one that started at
+    another time than the lock's writer: the pid was reused).
+
+    The file holds "pid host start" (start: process_start), or "pid host" as older code wrote it.
+    """
     try:
-        pid, host = lock.read_text().split(maxsplit=1)
-        pid = int(pid)
-    except (OSError, ValueError):
+        fields = lock.read_text().split()
+        pid, host = int(fields[0]), fields[1]
+        start = int(fields[2]) if len(fields) > 2 else None
+    except (OSError, ValueError, IndexError):
         return None
-    if host.strip() != socket.gethostname():
+    if host != socket.gethostname():
         return pid            # another machine's run: cannot check, so respect it
-    return pid if pid_alive(pid) and pid != os.getpid() else None
+    if not pid_alive(pid) or pid == os.getpid():
+        return None
+    now = process_start(pid)
+    return None if start is not None and now is not None and now != start else pid
+
+
+def _owner_line() -> str:
+    """"pid host start" of this process (start left out where unknown), read by _lock_owner."""
+    start = process_start(os.getpid())
+    return f"{os.getpid()} {socket.gethostname()}" + ("" if start is None else f" {start}")
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (Linux: field 22 of /proc/<pid>/stat);
+    with the pid it names a process for good, since pids are reused. None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # fields after the command name, which may itself hold spaces and ')': state is field 3
+        return int(stat[stat.rindex(")") + 2:].split()[22 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def identity(config: dict) -> dict:

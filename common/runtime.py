@@ -12,13 +12,23 @@ import numpy as np
 import torch
 
 
+class ResourceError(RuntimeError):
+    """This machine lacks the memory a run needs; the message says what to lower."""
+
+
 def select_device(requested: str = "auto") -> torch.device:
     """Return the torch device to run on.
 
-    `requested` is "auto" (CUDA if available, else CPU), "cuda", "cuda:N" or "cpu". Asking for CUDA on
-    a machine without it prints one notice and falls back to the CPU rather than failing.
+    `requested` is "auto" (CUDA if available, else CPU), "cuda", "cuda:N", "mps" or "cpu" (the
+    flag's type, common.cli.device, refuses anything else). Asking for CUDA or MPS on a machine
+    without it prints one notice and falls back to the CPU rather than failing.
     """
     if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "mps":
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        print("notice: no MPS device found, running on the CPU (slow, but it works)", file=sys.stderr)
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda" if requested == "auto" else requested)
@@ -28,8 +38,36 @@ def select_device(requested: str = "auto") -> torch.device:
 
 def device_type(requested: str = "auto") -> str:
     """"cuda" or "cpu": the kind of device select_device(requested) returns (without its notice),
-    so that command-line defaults can be resolved per device while the flags are parsed."""
-    return "cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu"
+    so that command-line defaults can be resolved per device while the flags are parsed. MPS
+    counts as "cpu": it gets the CPU's defaults (batch size, no compilation)."""
+    return "cuda" if requested not in ("cpu", "mps") and torch.cuda.is_available() else "cpu"
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes of `device` memory free now: CUDA from the driver, the CPU from /proc/meminfo's
+    MemAvailable (what can be allocated without swapping); None where unknown (MPS, no /proc)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return kib * 1024
+
+
+def check_memory(needed_bytes: int, device: torch.device, what: str) -> None:
+    """Refuse, in one line, to start `what` when its estimated footprint `needed_bytes` exceeds
+    the free memory of `device`, before it fails minutes later with an out-of-memory traceback
+    (CUDA) or drives the machine into swapping (CPU). Does nothing where the free memory is
+    unknown."""
+    free = free_memory(device)
+    if free is not None and needed_bytes > free:
+        raise ResourceError(f"{what} needs about {needed_bytes / 1e9:.1f} GB of {device} memory, "
+                            f"this machine has {free / 1e9:.1f} GB free: lower --batch-size or the "
+                            "model width, or stop other jobs using it")
 
 
 def device_batch(batch: int | str, lr: float | str, kind: str, cpu_batch: int, cuda_batch: int,

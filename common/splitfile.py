@@ -1,5 +1,6 @@
-"""Files the cross-validation hands on: the split (who plays which role, decided once and then
-only read) and its final choice (what --from-cv trains)."""
+"""What the cross-validation hands on: the split file (who plays which role, decided once and
+then only read), its final choice (what make q1-final / q2-final deploys) and the check that a
+group of fold runs covers every item once."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,12 +27,32 @@ def load_or_write(path: Path, build: Callable[[], dict], ident: dict) -> dict:
 
 
 def cv_choice(root: Path, question: str) -> dict:
-    """`final_choice` of the cross-validation's metrics.json under `root` (for --from-cv)."""
+    """`final_choice` of the cross-validation's metrics.json under `root` (what is deployed)."""
     path = root / "metrics.json"
     if not path.exists():
-        raise DataError(f"--from-cv: no cross-validation results at {path}: run make {question} "
-                        "first")
+        raise DataError(f"no cross-validation results at {path}: run make {question} first")
     final = read_json(path).get("final_choice")
     if not final:
-        raise DataError(f"--from-cv: {path} names no chosen configuration")
+        raise DataError(f"{path} names no chosen configuration (no method completed every "
+                        "fold)")
     return final
+
+
+def out_of_fold_problems(tested: dict[str, set[str]], expected_folds: int,
+                         everyone: int | None, what: str) -> list[str]:
+    """What stops a k-fold group of runs from being a headline: folds not trained, and items
+    (`what`: patients, records) of the source never predicted. An item tested by two folds
+    means the runs come from different splits: refused. tested: {fold: items it tested}."""
+    problems = [] if len(tested) == expected_folds else [
+        f"{len(tested)} of {expected_folds} folds trained"]
+    seen: dict[str, list[str]] = {}
+    for fold, items in tested.items():
+        for item in items:
+            seen.setdefault(item, []).append(fold)
+    twice = sorted(i for i, folds in seen.items() if len(folds) > 1)
+    if twice:
+        raise DataError(f"{what} {twice[:5]} are tested by two folds "
+                        f"({', '.join(seen[twice[0]])}): the runs come from different splits")
+    if everyone is not None and len(seen) < everyone:
+        problems.append(f"{everyone - len(seen)} of {everyone} {what} not predicted")
+    return problems

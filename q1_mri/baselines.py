@@ -33,9 +33,7 @@ DESCRIPTIONS = {"identity": "baseline: the normalised T1 as the prediction",
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_data_args(p)
-    p.add_argument("--split", choices=("kfold", "official"), default="kfold")
-    p.add_argument("--folds", type=cli.count, default=5)
-    p.add_argument("--seed", type=cli.natural, default=0)
+    cli.add_split_args(p, ("kfold", "official"), 5)
     return p.parse_args(argv)
 
 

@@ -21,36 +21,35 @@ import torch
 
 from common import bench, cli
 from q1_mri import train as q1_train
-from q1_mri.predict import model_input
+from q1_mri.translate import model_input
 
 
-def resident_batches(r, args):
+def resident_batches(s, args):
     """The training script's path: index the device tensors, augment on the device."""
-    rows = torch.from_numpy(r.train_rows)
-
     def next_batch():
-        idx = rows[torch.randint(0, len(rows), (args.batch_size,), generator=r.gen)]
-        return q1_train.batch(r, args, idx.to(r.device))
+        idx = s.train_rows[torch.randint(0, len(s.train_rows), (args.batch_size,),
+                                         generator=s.device_gen, device=s.device)]
+        return q1_train.batch(s, args, idx)
     return next_batch
 
 
-def dataloader_batches(r, args, workers: int):
+def dataloader_batches(s, args, workers: int):
     """The template's path: a `datasets.Dataset` of the training slices' inputs, targets and
     views with a per-item tensor transform, batched by a DataLoader, augmented on the device."""
     import datasets
 
-    idx = torch.from_numpy(r.train_rows).to(r.device)
-    x = model_input(r.data["t1"], r.neighbours, idx).cpu().numpy()
-    t2 = r.data["t2"][idx].float().cpu().numpy()
+    idx = s.train_rows
+    x = model_input(s.data["t1"], s.neighbours, idx).cpu().numpy()
+    t2 = s.data["t2"][idx].float().cpu().numpy()
     table = datasets.Dataset.from_dict({"x": list(x), "t2": list(t2),
-                                        "view": list(r.data["view"][idx].cpu().numpy())})
+                                        "view": list(s.data["view"][idx].cpu().numpy())})
 
     def to_tensors(batch):
         return {k: [torch.tensor(np.asarray(v, np.int64 if k == "view" else np.float32))
                     for v in batch[k]] for k in batch}
     loader = torch.utils.data.DataLoader(table.with_transform(to_tensors),
                                          batch_size=args.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True, generator=r.gen)
+                                         num_workers=workers, drop_last=True, generator=s.gen)
     iterator = iter(loader)
 
     def next_batch():
@@ -60,18 +59,17 @@ def dataloader_batches(r, args, workers: int):
         except StopIteration:
             iterator = iter(loader)
             b = next(iterator)
-        x, t2 = b["x"].to(r.device), b["t2"].to(r.device)
-        if not args.no_augment:
-            x, t2 = q1_train.augment(x, t2, b["view"].to(r.device), r.gen, r.dgen)
+        x, t2 = b["x"].to(s.device), b["t2"].to(s.device)
+        if args.augment == "on":
+            x, t2 = q1_train.augment(x, t2, b["view"].to(s.device), s.device_gen)
         return x, t2
     return next_batch
 
 
 def train_argv(args, model: str) -> list[str]:
     """The training script's flags for `model`: its defaults unless this bench's flags say."""
-    argv = ["--data", args.data, "--device", args.device, "--model", model, "--split", "all",
-            "--compile", args.compile, "--precision", args.precision,
-            "--channels-last", args.channels_last]
+    argv = ["--data", args.data, "--device", args.device, "--model", model, "--split", "kfold",
+            "--folds", "2", "--fold", "0", "--compile", args.compile, "--precision", args.precision]
     return argv + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
 
 
@@ -80,24 +78,24 @@ def measure(args) -> dict:
     model = args.models[0]
     with tempfile.TemporaryDirectory(prefix="q1-bench-") as root:   # the split file goes here
         targs = q1_train.parse_args(train_argv(args, model) + ["--results-root", root])
-        r = q1_train.setup(targs)
-        batches = (resident_batches(r, targs) if args.path == "resident"
-                   else dataloader_batches(r, targs, args.workers))
-        r.model.train()
+        s = q1_train.setup(targs)
+        batches = (resident_batches(s, targs) if args.path == "resident"
+                   else dataloader_batches(s, targs, args.workers))
+        s.model.train()
 
         def step() -> int:
             x, t2 = batches()
-            q1_train.train_step(r, targs, x, t2)
+            q1_train.train_step(s, targs, x, t2)
             return len(x)
-        return {"model": model, "path": args.path, "channels_last": r.channels_last,
-                **bench.measure(r, step, args.steps)}
+        return {"model": model, "path": args.path, "precision": s.precision,
+                **bench.measure(s, step, args.steps)}
 
 
 def main() -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
     p.add_argument("--models", nargs="+", choices=sorted(q1_train.MODELS),
-                   default=["unet", "unet25d"])
+                   default=["unet", "unet25d", "plain"])
     p.add_argument("--batch-size", type=cli.count, default=None,
                    help="slices per batch (default: the training script's for the device)")
     p.add_argument("--steps", type=cli.count, default=30, help="timed training steps per run")
@@ -108,8 +106,6 @@ def main() -> None:
                    help="torch.compile the model; auto: as the training script (on for CUDA)")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto",
                    help="as the training script's --precision")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                   help="as the training script's --channels-last")
     p.add_argument("--json", action="store_true",
                    help="measure the one model of --models on the one --path here, print JSON")
     args = p.parse_args()
@@ -124,8 +120,7 @@ def main() -> None:
         for path in paths:
             argv = ["--data", args.data, "--device", args.device, "--models", model, "--path", path,
                     "--steps", str(args.steps), "--workers", str(args.workers),
-                    "--compile", args.compile, "--precision", args.precision,
-                    "--channels-last", args.channels_last, "--json"]
+                    "--compile", args.compile, "--precision", args.precision, "--json"]
             argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
             m = bench.isolated("q1_mri.bench", argv)
             print(bench.row(f"{model} {path}", "slice", m), flush=True)

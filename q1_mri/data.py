@@ -109,7 +109,8 @@ def _rows_to_arrays(table, split: str) -> dict[str, np.ndarray]:
         raise DataError(f"{split}: missing column(s) {missing}; expected {list(COLUMNS)}")
     if len(table) == 0:
         raise DataError(f"the {split} split has no rows")
-    out = {"t1": [], "t2": [], "patient_id": [], "view": []}
+    out = {"patient_id": [], "view": []}
+    images16 = cache.Float16Arrays(f"{split} T1/T2 intensities")
     table = table.with_format("numpy", columns=list(COLUMNS))
     for start in range(0, len(table), 2048):
         rows = table[start:start + 2048]
@@ -124,10 +125,13 @@ def _rows_to_arrays(table, split: str) -> dict[str, np.ndarray]:
                 bad = int(np.flatnonzero(~finite)[0])
                 raise DataError(f"{split} row {start + bad} (patient {rows['patient_id'][bad]}): "
                                 f"{name} contains NaN or Inf")
-            out[name].append(images.astype(np.float16))
+            images16.add(name, images)
         out["patient_id"].append(rows["patient_id"].astype(str))
         out["view"].append(rows["view"].astype(str))
-    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    # One power-of-two factor for the split's T1 and T2, so that intensities beyond float16's
+    # range do not become inf. No model input or score changes: `normalise` divides every volume
+    # by its own brain percentile (only the EDA's raw-unit figures show the factor).
+    arrays = {**{k: np.concatenate(v) for k, v in out.items() if v}, **images16.arrays()}
     unknown = sorted(set(np.unique(arrays["view"])) - set(VIEWS))
     if unknown:
         raise DataError(f"{split}: unknown view value(s) {unknown}; expected {list(VIEWS)}")

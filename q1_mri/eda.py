@@ -1,8 +1,7 @@
-"""Q1 part 1.A: representative T1/T2 pairs, intensity histograms, the normalisation, and after.
+"""Q1 part 1.A: representative T1/T2 pairs, intensity histograms, the normalisation, and after
+(figures/eda_*.png and eda_stats.json in results/q1/<source>/).
 
     python -m q1_mri.eda --data ../shared/data/mri
-
-Writes figures/eda_*.png and eda_stats.json to results/q1/<source>/.
 """
 from __future__ import annotations
 

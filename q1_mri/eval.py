@@ -1,5 +1,5 @@
 """Score the Q1 runs from their prediction files and choose on inner validation; write
-metrics.json and the figures.
+metrics.json and the pooled out-of-fold rows (oof/<method>.npz, which q1_mri.figures reads).
 
     python -m q1_mri.eval --data ../shared/data/mri                 # the cross-validation
     python -m q1_mri.eval --data OTHER --predictions p.npz          # a file q1_mri.infer wrote
@@ -25,17 +25,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common import cli
-from common.io import file_digest, read_csv, read_json, write_json
+from common.io import file_digest, read_json, savez, write_json
 from common.results import provenance, results_dir
+from common.splitfile import out_of_fold_problems
 from q1_mri import patient_stats
-from q1_mri.data import UNITS, UNITS_TEXT, VIEWS, Slices, load_mri, pool, resolve_source
-from q1_mri.metrics import SLICE_SCALE, SLICE_SCALE_TEXT, slice_scores
-from q1_mri.prediction_file import Predictions, load_predictions
+from q1_mri.data import UNITS, UNITS_TEXT, VIEWS, load_mri, pool, resolve_source
+from q1_mri.metrics import SLICE_SCALE, SLICE_SCALE_TEXT
+from q1_mri.prediction_file import load_predictions
+from q1_mri.truth import METRICS, Truth
 
-METRICS = ("masked_ssim", "masked_psnr", "masked_mae", "ssim", "psnr")
 HIGHER_IS_BETTER = {"masked_ssim": True, "masked_psnr": True, "masked_mae": False,
                     "ssim": True, "psnr": True}
 SELECTION = "masked_ssim"                       # what inner validation maximises
@@ -89,56 +89,6 @@ def run_folders(root: Path) -> list[Path]:
                   and (f / "predictions.npz").exists() and (f / "split.json").exists())
 
 
-class Truth:
-    """The ground truth of every slice of a source: raw T2, the brain mask, and where each
-    (split, row) of a prediction file sits."""
-
-    def __init__(self, slices: Slices):
-        self.slices = slices
-        self.mask = slices.brain_mask
-        self._where = {}
-        for s in np.unique(slices.split):
-            rows = np.flatnonzero(slices.split == s)
-            lookup = np.full(int(slices.row[rows].max()) + 1, -1, np.int64)
-            lookup[slices.row[rows]] = rows
-            self._where[str(s)] = lookup
-
-    def locate(self, p: Predictions, path: Path) -> np.ndarray:
-        """(n,) index into the slices of each predicted (split, row); refuses rows that are not
-        in the data or whose patient or view differ (a file of other data), and repeats."""
-        idx = np.full(len(p), -1, np.int64)
-        for s, lookup in self._where.items():
-            m = (p.split == s) & (p.row >= 0) & (p.row < len(lookup))
-            idx[m] = lookup[p.row[m]]
-        bad = np.flatnonzero(idx < 0)
-        if len(bad):
-            raise cli.DataError(f"{path}: row {p.row[bad[0]]} of split {p.split[bad[0]]} is not "
-                                "a slice of the data; the file was made from other data")
-        wrong = np.flatnonzero((self.slices.patient_id[idx] != p.patient_id)
-                               | (self.slices.view[idx] != p.view))
-        if len(wrong):
-            i = wrong[0]
-            raise cli.DataError(f"{path}: {p.split[i]} row {p.row[i]} is patient "
-                                f"{p.patient_id[i]} {p.view[i]} in the file but "
-                                f"{self.slices.patient_id[idx[i]]} {self.slices.view[idx[i]]} "
-                                "in the data")
-        if len(np.unique(idx)) != len(idx):
-            raise cli.DataError(f"{path}: some slices are predicted twice")
-        return idx
-
-    def score(self, idx: np.ndarray, pred: np.ndarray, batch: int = 1024) -> dict[str, np.ndarray]:
-        """Every METRIC per slice (n,) of predictions (n, 1, H, W) for slices `idx`."""
-        parts = defaultdict(list)
-        for s in range(0, len(idx), batch):
-            i = idx[s:s + batch]
-            t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-            scores = slice_scores(t(self.slices.t2[i]).float(), t(pred[s:s + batch]).float(),
-                                  t(self.mask[i]))
-            for k in METRICS:
-                parts[k].append(scores[k].numpy().astype(np.float64))
-        return {k: np.concatenate(parts[k]) if parts[k] else np.zeros(0) for k in METRICS}
-
-
 # ---------------------------------------------------------------- one method's runs
 
 def scored_rows(run: Run, truth: Truth) -> dict:
@@ -147,10 +97,9 @@ def scored_rows(run: Run, truth: Truth) -> dict:
     p = run.preds
     idx = truth.locate(p, run.folder / "predictions.npz")
     out = {"idx": idx, "role": p.role, "fold": np.full(len(p), run.fold),
-           "patient": p.patient_id, "view": p.view, "pred": {"plain": p.t2_pred},
+           "patient": p.patient_id, "view": p.view, "pos": np.arange(len(p)),
            "scores": {"plain": truth.score(idx, p.t2_pred)}}
     if p.t2_pred_flip is not None:
-        out["pred"]["flip"] = p.t2_pred_flip
         out["scores"]["flip"] = truth.score(idx, p.t2_pred_flip)
     return out
 
@@ -187,12 +136,13 @@ def evaluate_seed(runs: list[Run], truth: Truth) -> tuple[dict, dict]:
     inner = choose_flip(rows)
     fold_flip = {r.fold: choose_flip(rows, r.test_patients)["flip"] for r in runs}
     test = defaultdict(list)
-    for run, r in zip(runs, rows):
+    for k, (run, r) in enumerate(zip(runs, rows)):
         m = r["role"] == "test"
         variant = "flip" if fold_flip[run.fold] else "plain"
-        for k in ("idx", "fold", "patient", "view"):
-            test[k].append(r[k][m])
-        test["pred"].append(r["pred"][variant][m])
+        for key in ("idx", "fold", "patient", "view", "pos"):
+            test[key].append(r[key][m])
+        test["run"].append(np.full(m.sum(), k))
+        test["flip"].append(np.full(m.sum(), variant == "flip"))
         for metric, v in r["scores"][variant].items():
             test[metric].append(v[m])
     test = {k: np.concatenate(v) for k, v in test.items()}
@@ -202,8 +152,7 @@ def evaluate_seed(runs: list[Run], truth: Truth) -> tuple[dict, dict]:
              "best_epoch": {r.fold: r.summary.get("best_epoch") for r in runs},
              "wall_time_s": float(sum(r.summary.get("wall_time_s") or 0 for r in runs))}
     order = np.argsort(test["idx"])
-    return entry, {"idx": test["idx"][order], "pred": test["pred"][order],
-                   "scores": {k: v[order] for k, v in scores.items()}}
+    return entry, {k: test[k][order] for k in ("idx", "fold", "run", "pos", "flip", *METRICS)}
 
 
 def summarise(scores: dict[str, np.ndarray], patient: np.ndarray, view: np.ndarray,
@@ -232,7 +181,8 @@ def median_seed(seeds: dict[str, dict]) -> str:
 def method_entry(method: str, per_seed: dict[int, list[Run]], truth: Truth,
                  n_patients: int) -> tuple[dict, dict]:
     """(metrics.json entry of a method: seeds, their median and range, the median seed's
-    tables; the median seed's pooled test rows and histories)."""
+    tables; the median seed's pooled test rows: slice index, fold, run (index into the entry's
+    "runs"), row in that run's prediction file, whether the flip decided it, per-slice scores)."""
     seeds, oof = {}, {}
     for seed, runs in sorted(per_seed.items()):
         seeds[str(seed)], oof[str(seed)] = evaluate_seed(runs, truth)
@@ -255,28 +205,16 @@ def method_entry(method: str, per_seed: dict[int, list[Run]], truth: Truth,
              "config": {k: first.get("config", {}).get(k) for k in (
                  "epochs", "budget", "slices_per_epoch", "batch_size", "lr", "weight_decay",
                  "ema_decay", "ssim_weight", "grad_weight", "augment", "patience")}}
-    histories = {r.fold: read_csv(r.folder / "history.csv") for r in per_seed[int(mid)]
-                 if (r.folder / "history.csv").exists()}
-    return entry, {**oof[mid], "history": histories}
+    return entry, oof[mid]
 
 
 def problems(runs: list[Run], n_patients: int) -> list[str]:
     """What stops a k-fold method from being a headline (missing folds or patients)."""
-    out = []
+    if runs[0].scheme != "kfold":
+        return []
     folds = runs[0].split.get("folds_k") or int(runs[0].summary.get("config", {}).get("folds", 1))
-    if runs[0].scheme == "kfold" and len(runs) != folds:
-        out.append(f"{len(runs)} of {folds} folds trained")
-    seen = defaultdict(list)
-    for run in runs:
-        for p in run.test_patients:
-            seen[p].append(run.fold)
-    twice = sorted(p for p, f in seen.items() if len(f) > 1)
-    if twice:
-        raise cli.DataError(f"patient(s) {twice[:5]} are tested by two folds "
-                            f"({', '.join(seen[twice[0]])}): the runs come from different splits")
-    if runs[0].scheme == "kfold" and len(seen) < n_patients:
-        out.append(f"{n_patients - len(seen)} of {n_patients} patients not predicted")
-    return out
+    return out_of_fold_problems({r.fold: r.test_patients for r in runs}, folds, n_patients,
+                                "patients")
 
 
 def paired_comparisons(methods: dict, reference: str) -> dict:
@@ -300,22 +238,19 @@ def final_choice(methods: dict, run_root: Path) -> dict | None:
         return None
     method = max(cands, key=cands.get)
     e = methods[method]
-    folds = {read_json(run_root / name / "summary.json")["fold"]: name for name in e["runs"]}
+    folds = {read_json(run_root / name / "summary.json")["fold"]: [name] for name in e["runs"]}
     return {"method": method, "seed": int(e["median_seed"]), "flip": e["inner_validation"]["flip"],
             "folds": folds, "inner_val_score": cands[method], "inner_val_scores": cands,
             "selection": f"mean over inner-validation patients of brain SSIM ({SLICE_SCALE})",
             "prediction_digests": {name: file_digest(run_root / name / "predictions.npz")
-                                   for name in folds.values()}}
+                                   for names in folds.values() for name in names}}
 
 
 # ---------------------------------------------------------------- main
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_data_args(p)
-    p.add_argument("--predictions", default=None, metavar="FILE.npz",
-                   help="score this file of q1_mri.infer against --data instead of the "
-                        "cross-validation's runs")
+    cli.add_eval_args(p, "q1_mri.infer")
     return p.parse_args(argv)
 
 
@@ -346,8 +281,6 @@ def common_fields(source, truth: Truth) -> dict:
 
 
 def main(args) -> dict:
-    from q1_mri import figures
-
     source = resolve_source(args.data)
     if args.predictions:
         return evaluate_file(Path(args.predictions), source, args.results_root)
@@ -375,7 +308,8 @@ def main(args) -> dict:
         if e["problems"]:
             print(f"notice: {m} is not a headline: {'; '.join(e['problems'])}", file=sys.stderr)
     write_json(run_root / "metrics.json", result)
-    figures.write_all(run_root / "figures", truth, oof, result, source.label)
+    for method, rows in oof.items():
+        savez(run_root / "oof" / f"{method}.npz", **rows)
     print_table(result)
     return result
 

@@ -1,8 +1,12 @@
 """Q1 result figures: training curves, test examples, worst slices, per patient.
 
-Drawn by q1_mri.eval from what it read (prediction files, the data's ground truth, history.csv);
-every number is per patient first, in metrics.SLICE_SCALE units. Slices are shown rotated for
-display only (see `oriented`); the arrays and the models never see that rotation.
+    python -m q1_mri.figures --data ../shared/data/mri
+
+A stage of its own after evaluation: it reads metrics.json, the pooled out-of-fold rows
+(oof/<method>.npz), the runs' history.csv and prediction files, and the data for the images
+shown; it runs no model and scores nothing anew. Every number is per patient first, in
+metrics.SLICE_SCALE units. Slices are shown rotated for display only (see `oriented`); the
+arrays and the models never see that rotation.
 """
 from __future__ import annotations
 
@@ -11,10 +15,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from common import cli
+from common.io import read_csv, read_json
 from common.plotting import save_figure
-from q1_mri.data import VIEWS
+from common.results import read_metrics, results_dir
+from q1_mri.data import VIEWS, load_mri, pool, resolve_source
 from q1_mri.display import ORIENTATION_NOTE, image_panel, mark_orientation, oriented, wrap_id
 from q1_mri.metrics import SLICE_SCALE, slice_scaled
+from q1_mri.prediction_file import load_predictions
+from q1_mri.truth import Truth
 
 SCALE = SLICE_SCALE
 CURVES = (("train_loss", "training loss"), ("masked_ssim", "SSIM in brain"),
@@ -150,21 +159,44 @@ def scaled(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
                         torch.from_numpy(mask)).numpy()
 
 
-def write_all(folder: Path, truth, oof: dict, result: dict, source_label: str) -> None:
-    """Every Q1 result figure from the pooled test predictions `oof` of q1_mri.eval."""
+def histories(root: Path, entry: dict) -> dict[str, list[dict]]:
+    """{fold: history.csv rows} of a method's runs (metrics.json's "runs", its median seed)."""
+    return {read_json(root / run / "summary.json")["fold"]: read_csv(root / run / "history.csv")
+            for run in entry["runs"] if (root / run / "history.csv").exists()}
+
+
+def predicted(root: Path, entry: dict, rows: dict, picked: np.ndarray) -> np.ndarray:
+    """(n, 1, H, W) predicted T2 of the pooled out-of-fold rows `picked` (positions in `rows`,
+    an oof/<method>.npz), read back from the runs' prediction files."""
+    out = []
+    for k in picked:
+        p = load_predictions(root / entry["runs"][rows["run"][k]] / "predictions.npz")
+        images = p.t2_pred_flip if rows["flip"][k] else p.t2_pred
+        out.append(images[rows["pos"][k]].astype(np.float32))
+    return np.stack(out)
+
+
+def write_all(root: Path, truth: Truth, result: dict, source_label: str) -> None:
+    """Every Q1 result figure of the results folder `root` (metrics.json written)."""
+    folder = root / "figures"
     methods = {m: e for m, e in result["methods"].items() if not e["problems"]} or result["methods"]
-    histories = {m: oof[m]["history"] for m in methods if oof[m].get("history")
-                 and m.split("-")[0] not in ("identity", "linear", "lut")}
-    if histories:
-        save_figure(plot_curves(histories), folder / "curves.png",
+    curves = {m: histories(root, e) for m, e in methods.items()
+              if m.split("-")[0] not in ("identity", "linear", "lut")}
+    curves = {m: h for m, h in curves.items() if h}
+    if curves:
+        save_figure(plot_curves(curves), folder / "curves.png",
                     "Training curves (EMA weights scored after each epoch)", source_label)
-    shown = [m for m in (result.get("chosen_model"), result["paired"]["reference"]) if m in oof]
-    shown = list(dict.fromkeys(shown)) or list(oof)[:1]
+    shown = [m for m in (result.get("chosen_model"), result["paired"]["reference"])
+             if m in methods and (root / "oof" / f"{m}.npz").exists()]
+    shown = list(dict.fromkeys(shown))
+    if not shown:
+        return
+    oof = {m: dict(np.load(root / "oof" / f"{m}.npz")) for m in shown}
     rows = oof[shown[0]]["idx"]
     for m in shown[1:]:
         rows = np.intersect1d(rows, oof[m]["idx"])
     at = {m: np.searchsorted(oof[m]["idx"], rows) for m in shown}
-    ssim = {m: oof[m]["scores"]["masked_ssim"][at[m]] for m in shown}
+    ssim = {m: oof[m]["masked_ssim"][at[m]] for m in shown}
     s, best = truth.slices, shown[0]
     for name, picked, title in (
             ("examples.png", pick_examples(s, rows, ssim[best]),
@@ -174,8 +206,9 @@ def write_all(folder: Path, truth, oof: dict, result: dict, source_label: str) -
              f"{100 * MIN_WORST_FILL:.0f} % of the image in the brain")):
         i = rows[picked]
         mask = truth.mask[i]
-        fig = plot_slices(s, i, scaled(s.t1[i], mask), scaled(s.t2[i], mask),
-                          {m: scaled(oof[m]["pred"][at[m][picked]], mask) for m in shown},
+        preds = {m: scaled(predicted(root, methods[m], oof[m], at[m][picked]), mask)
+                 for m in shown}
+        fig = plot_slices(s, i, scaled(s.t1[i], mask), scaled(s.t2[i], mask), preds,
                           {m: ssim[m][picked] for m in shown})
         fig.suptitle(title)
         save_figure(fig, folder / name, title, source_label)
@@ -183,3 +216,19 @@ def write_all(folder: Path, truth, oof: dict, result: dict, source_label: str) -
     if reference in methods and len(methods) > 1:
         save_figure(plot_patients(methods, reference), folder / "per_patient.png",
                     f"Brain SSIM per patient against {reference} ({SCALE} units)", source_label)
+
+
+def parse_args(argv=None):
+    return cli.data_args(__doc__, argv)
+
+
+def main(args) -> Path:
+    source = resolve_source(args.data)
+    root = results_dir("q1", source, args.results_root)
+    write_all(root, Truth(pool(load_mri(source))), read_metrics(root, "q1_mri.eval"), source.label)
+    print(f"Q1 figures written to {root / 'figures'}")
+    return root / "figures"
+
+
+if __name__ == "__main__":
+    cli.run_main(lambda: main(parse_args()))

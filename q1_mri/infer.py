@@ -18,38 +18,30 @@ import torch
 
 from common import cli
 from common.checkpoint import load_weights
-from common.results import results_dir
-from common.runtime import configure_threads, precision, select_device
+from common.deploy import inference_note, open_deployed
+from common.runtime import precision
 from q1_mri.data import UNITS, load_mri, pool, resolve_source, to_device
-from q1_mri.final import read_final
 from q1_mri.model import build_model
 from q1_mri.neighbours import neighbour_rows
-from q1_mri.predict import predict_with_flip
 from q1_mri.prediction_file import save_predictions
+from q1_mri.translate import predict_with_flip
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_data_args(p)
-    p.add_argument("--trained-on", required=True,
-                   help="the source whose deployed model (make q1-final) predicts --data")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="the prediction file to write")
-    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    cli.add_infer_args(p)
     return p.parse_args(argv)
 
 
 def main(args) -> Path:
-    configure_threads()
-    device = select_device(args.device)
-    root = results_dir("q1", resolve_source(args.trained_on), args.results_root)
-    final = read_final(root)
+    device, root, final = open_deployed("q1", resolve_source(args.trained_on), args)
     source = resolve_source(args.data)
     slices = pool(load_mri(source))
     data = to_device(slices, device)
     rows = np.arange(len(slices))
     amp, _ = precision(device, cpu_bf16=True)
     total = None
-    for e in final["folds"].values():
+    for (e,) in final["folds"].values():                  # one network per fold
         weights = load_weights(root / e["weights"], device)
         model = build_model(**weights["model_args"]).to(device)
         model.load_state_dict(weights["ema"]["shadow"])
@@ -64,9 +56,7 @@ def main(args) -> Path:
                             slices.view, np.full(len(slices), "test"), mean, units=UNITS,
                             model=final["method"], split_id="external", data_tag=source.tag,
                             dtype=np.float32)
-    print(f"deployed {final['method']} ({len(final['folds'])} fold models, trained on "
-          f"{final['data_label']}) predicted {len(slices)} slices of {source.label}; written to "
-          f"{path}")
+    print(inference_note(final, f"{len(slices)} slices", source.label, path))
     return path
 
 

@@ -28,33 +28,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import cli
-from common.ema import ModelEMA
-from common.loop import RunBook, checkpoint_state, elapsed
+from common import cli, runtime
+from common.loop import Trainer, trainer
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
-from common.runs import locked, run_name
-from common.runtime import (
-    adamw,
-    compile_enabled,
-    configure_threads,
-    device_batch,
-    device_generator,
-    device_type,
-    grad_scaler,
-    optimiser_step,
-    precision,
-    seed_everything,
-    select_device,
-)
-from common.schedule import warmup_cosine
+from common.runs import run_name
+from common.schedule import set_lr
 from q1_mri import splits
 from q1_mri.data import UNITS, Slices, load_mri, pool, resolve_source, to_device
 from q1_mri.metrics import slice_scores, ssim
 from q1_mri.model import MODELS, build_model, model_args
 from q1_mri.neighbours import neighbour_rows
-from q1_mri.predict import lr_flippable, model_input, predict, predict_with_flip
 from q1_mri.prediction_file import save_predictions
+from q1_mri.translate import lr_flippable, model_input, predict, predict_with_flip
 
 BATCH = {"cpu": 32, "cuda": 256}       # --batch-size auto, per device (the plain U-Net: x2)
 BASE_LR = 1e-3                         # --lr auto at the CPU batch
@@ -128,7 +114,7 @@ def parse_args(argv=None, kind: str | None = None):
         p.error("--folds must be at least 2")
     if args.split != "kfold" and args.fold is not None:
         p.error(f"--split {args.split} has a single fold: drop --fold")
-    resolve_defaults(args, kind or device_type(args.device))
+    resolve_defaults(args, kind or runtime.device_type(args.device))
     return args
 
 
@@ -137,7 +123,7 @@ def resolve_defaults(args, kind: str) -> None:
     slices per epoch stay "auto" until the data is read (the budget's share of a pass)."""
     recipe = RECIPES[args.model]
     f = recipe["batch_factor"]
-    args.batch_size, args.lr = device_batch(args.batch_size, args.lr, kind, f * BATCH["cpu"],
+    args.batch_size, args.lr = runtime.device_batch(args.batch_size, args.lr, kind, f * BATCH["cpu"],
                                             f * BATCH["cuda"], BASE_LR)
     if args.budget == "auto":
         args.budget = "full" if kind == "cuda" else "cpu"
@@ -148,7 +134,7 @@ def resolve_defaults(args, kind: str) -> None:
             setattr(args, key, recipe[key])
     if args.augment == "auto":
         args.augment = "on" if recipe["augment"] else "off"
-    args.compile = compile_enabled(args.compile, kind)
+    args.compile = runtime.compile_enabled(args.compile, kind)
 
 
 def fold_name(args) -> str:
@@ -212,34 +198,19 @@ def translation_loss(t2: torch.Tensor, pred: torch.Tensor, ssim_weight: float,
 
 
 @dataclass
-class Setup:
-    """What the loop reads: where, on what, with what. Built once by `setup`."""
-    out: object                 # the run folder (Path)
-    device: torch.device
+class Setup(Trainer):
+    """What the loop reads: the training objects (common.loop.Trainer) and the slices."""
     slices: Slices              # every slice of the source, raw
     data: dict                  # to_device(slices): t1, t2 (N, 1, 64, 64) float16, mask, view
     neighbours: torch.Tensor | None   # (N, 2n+1) rows of each slice's stack neighbours
     roles: np.ndarray           # (N,) "train" / "val" / "test"
     train_rows: torch.Tensor    # (n,) int64 on the device
     monitor_rows: dict          # {"val": rows, "train": rows} scored after each epoch
-    model: torch.nn.Module
-    step_model: torch.nn.Module  # the model, torch.compiled where asked
-    model_args: dict
-    ema: ModelEMA
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    gen: torch.Generator        # host generator (seeding); device_gen draws batches and augmentation
-    device_gen: torch.Generator
-    amp: object                 # context-manager factory for the forward pass
-    precision: str
-    book: RunBook
-    split_entry: dict
-    meta: dict                  # provenance, split counts, neighbour report: for summary.json
 
 
 def setup(args) -> Setup:
-    configure_threads()
-    gen, device = seed_everything(args.seed), select_device(args.device)
+    runtime.configure_threads()
+    gen, device = runtime.seed_everything(args.seed), runtime.select_device(args.device)
     source = resolve_source(args.data)
     root = results_dir("q1", source, args.results_root)
     slices = pool(load_mri(source))
@@ -269,21 +240,15 @@ def setup(args) -> Setup:
     model = build_model(**margs).to(device)
     if device.type == "cpu":   # NHWC: 1.4x (fp32) to 2x (bf16) the slices/s of NCHW here
         model = model.to(memory_format=torch.channels_last)
-    ema = ModelEMA(model, args.ema_decay)
-    opt = adamw(model.parameters(), device, lr=args.lr, weight_decay=args.weight_decay)
-    scaler = grad_scaler(device)
-    device_gen = device_generator(device, args.seed)
-    book = RunBook(root / run_folder_name(args), args.patience, args.resume, config)
-    book.restore(model, ema, opt, scaler, gen, device_gen)
-    amp, name = precision(device, enabled=args.precision == "auto", cpu_bf16=True)
     meta = {**provenance(source, device, args.seed), "model": args.model, "name": args.name,
             "split": args.split, "fold": fold, "split_id": entry["split_id"],
             "split_counts": splits.describe(slices, roles), "neighbours": report,
             "data_label": source.label, "data_tag": source.tag}
-    return Setup(book.out, device, slices, to_device(slices, device), neighbours, roles,
-                 torch.from_numpy(train_rows).to(device), monitor_rows, model,
-                 torch.compile(model) if args.compile else model, margs, ema, opt, scaler, gen,
-                 device_gen, amp, name, book, entry, meta)
+    return Setup(**trainer(root / run_folder_name(args), model, margs, args, config, device, gen,
+                           entry, meta, cpu_bf16=True),
+                 slices=slices, data=to_device(slices, device), neighbours=neighbours,
+                 roles=roles, train_rows=torch.from_numpy(train_rows).to(device),
+                 monitor_rows=monitor_rows)
 
 
 @torch.no_grad()
@@ -302,17 +267,24 @@ def monitor(s: Setup, rows: np.ndarray) -> dict[str, float]:
     return out
 
 
-def train_step(s: Setup, args, idx: torch.Tensor) -> torch.Tensor:
-    """One optimiser step on training slices `idx` (B,) -> the detached loss (on the device)."""
+def batch(s: Setup, args, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training slices `idx` (B,) on the device -> input (B, C, 64, 64) and target
+    (B, 1, 64, 64) float32, augmented there."""
     x, t2 = model_input(s.data["t1"], s.neighbours, idx), s.data["t2"][idx].float()
     if args.augment == "on":
         x, t2 = augment(x, t2, s.data["view"][idx], s.device_gen)
+    return x, t2
+
+
+def train_step(s: Setup, args, x: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on input x (B, C, H, W) and target t2 (B, 1, H, W) -> the detached
+    loss (left on the device)."""
     if s.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     with s.amp():
         pred = s.step_model(x).float()
     loss = translation_loss(t2, pred, args.ssim_weight, args.grad_weight)
-    optimiser_step(loss, s.model, s.opt, s.scaler, s.ema)
+    runtime.optimiser_step(loss, s.model, s.opt, s.scaler, s.ema)
     return loss.detach()
 
 
@@ -326,24 +298,20 @@ def train(args) -> dict:
           f"{steps * args.batch_size} of {len(s.train_rows)} training slices\n"
           f"  patients/slices: {s.meta['split_counts']}; data: {s.meta['data_label']}")
     if args.dry_run:
-        print(f"dry run: one batch, loss {train_step(s, args, s.train_rows[:args.batch_size]):.4f}")
+        loss = train_step(s, args, *batch(s, args, s.train_rows[:args.batch_size]))
+        print(f"dry run: one batch, loss {loss.item():.4f}")
         return {}
-    with locked(s.out):
-        s.book.begin(s.split_entry)
+    with s.book.running(s.split_entry):
         for epoch in s.book.epochs(args.epochs):
             s.model.train()
             order = s.train_rows[torch.randperm(len(s.train_rows), generator=s.device_gen,
                                                 device=s.device)]
             t0, loss_sum = time.time(), torch.zeros((), device=s.device)
             for step in progress(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}"):
-                for group in s.opt.param_groups:
-                    group["lr"] = args.lr * warmup_cosine(epoch * steps + step, total, warmup)
-                loss_sum += train_step(s, args, order[step * args.batch_size:
-                                                       (step + 1) * args.batch_size])
-            train_loss = (loss_sum / steps).item()       # the epoch's one host synchronisation
-            if not np.isfinite(train_loss):
-                raise cli.DataError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; "
-                                    f"{s.out} keeps the last good checkpoint")
+                set_lr(s.opt, args.lr, epoch * steps + step, total, warmup)
+                idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+                loss_sum += train_step(s, args, *batch(s, args, idx))
+            train_loss = s.book.epoch_loss(loss_sum, steps, epoch)
             epoch_s = time.time() - t0
             row = {"epoch": epoch + 1, "lr": s.opt.param_groups[0]["lr"],
                    "slices_seen": (epoch + 1) * steps * args.batch_size, "train_loss": train_loss,
@@ -351,15 +319,12 @@ def train(args) -> dict:
             for part, rows in s.monitor_rows.items():
                 row.update({f"{part}_{k}": v for k, v in monitor(s, rows).items()})
             row["score"] = row["val_masked_ssim"]
-            row["elapsed_s"] = elapsed(s.book.history, time.time() - t0)
-            s.book.end_epoch(row, checkpoint_state(s.model, s.ema, s.opt, s.scaler, s.model_args,
-                                                   s.gen, s.device_gen),
-                             lambda: {"model_args": s.model_args, "ema": s.ema.state_dict()})
-        summary = {**s.meta, "parameters": count_parameters(s.model), "model_args": s.model_args,
-                   "precision": s.precision, "config": s.book.config,
-                   "train_slices": len(s.train_rows), "slices_per_epoch": steps * args.batch_size,
-                   "slices_per_s": float(np.mean([h["slices_per_s"] for h in s.book.history]))}
-        return s.book.finish(summary, lambda: write_predictions(s))
+            s.end_epoch(row, t0)
+        return s.finish({"train_slices": len(s.train_rows),
+                         "slices_per_epoch": steps * args.batch_size,
+                         "slices_per_s": float(np.mean([h["slices_per_s"]
+                                                        for h in s.book.history]))},
+                        lambda: write_predictions(s))
 
 
 def write_predictions(s: Setup):

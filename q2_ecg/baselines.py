@@ -27,9 +27,7 @@ from q2_ecg.prediction_file import save_predictions
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_data_args(p)
-    p.add_argument("--split", choices=("kfold", "lodo"), default="kfold")
-    p.add_argument("--folds", type=cli.count, default=5)
-    p.add_argument("--seed", type=cli.natural, default=0)
+    cli.add_split_args(p, ("kfold", "lodo"), 5)
     return p.parse_args(argv)
 
 

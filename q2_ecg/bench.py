@@ -25,12 +25,12 @@ def measure(name: str, args) -> dict:
     if args.batch_beats is not None:
         argv += ["--batch-beats", str(args.batch_beats)]
     with tempfile.TemporaryDirectory(prefix="q2-bench-") as root:    # the split file goes here
-        r = q2_train.setup(q2_train.parse_args(argv + ["--results-root", root]))
-        length = r.model.cfg.context
-        chunks = max(1, r.config["batch_beats"] // length)
-        r.model.train()
+        s = q2_train.setup(q2_train.parse_args(argv + ["--results-root", root]))
+        length = s.model.cfg.context
+        chunks = max(1, s.book.config["batch_beats"] // length)
+        s.model.train()
         return {"model": name, **bench.measure(
-            r, lambda: (q2_train.train_step(r, chunks, length), chunks * length)[1], args.steps)}
+            s, lambda: (q2_train.train_step(s, chunks), chunks * length)[1], args.steps)}
 
 
 def main() -> None:

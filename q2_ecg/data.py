@@ -149,8 +149,12 @@ def assemble(rows) -> dict[str, np.ndarray]:
     if not keep:
         raise DataError("no usable record: " + "; ".join(skipped[:5]))
     lengths = lambda i: np.array([0] + [len(k[i]) for k in keep])  # noqa: E731
+    # A power-of-two factor where samples exceed float16's range (they would become inf). No
+    # model input or score changes: each record is divided by its own R amplitude before use
+    # (only the EDA's mV figures show the factor).
+    signal, _ = cache.to_float16(np.concatenate([k[2] for k in keep]), "ECG signal samples (mV)")
     return {"patient_id": np.array([k[0] for k in keep]), "source_db": np.array([k[1] for k in keep]),
-            "signal": np.concatenate([k[2] for k in keep]).astype(np.float16),
+            "signal": signal,
             "signal_offsets": np.cumsum(lengths(2)), "beat_locs": np.concatenate([k[3] for k in keep]),
             "beat_labels": np.concatenate([k[4] for k in keep]),
             "beat_offsets": np.cumsum(lengths(3)), "skipped": np.array(skipped, dtype=str)}

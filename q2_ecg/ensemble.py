@@ -59,9 +59,7 @@ def member_runs(root) -> dict[tuple, dict[str, object]]:
 
 
 def parse_args(argv=None):
-    p = cli.parser(__doc__.splitlines()[0])
-    cli.add_data_args(p)
-    return p.parse_args(argv)
+    return cli.data_args(__doc__, argv)
 
 
 def main(args) -> int:

@@ -1,5 +1,6 @@
 """Score the Q2 runs from their prediction files and choose the deployed configuration on inner
-validation; write metrics.json, the pooled out-of-fold rows and the figures.
+validation; write metrics.json and the pooled out-of-fold rows (oof/, which q2_ecg.figures
+reads).
 
     python -m q2_ecg.eval --data ../shared/data/ecg                 # the cross-validation
     python -m q2_ecg.eval --data OTHER --predictions p.npz          # a file q2_ecg.infer wrote
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from common import cli
-from common.io import file_digest, read_csv, read_json, savez, write_json
+from common.io import file_digest, read_json, savez, write_json
 from common.results import provenance, results_dir
+from common.splitfile import out_of_fold_problems
 from common.stats import bootstrap_additive
-from q2_ecg.beats import HALF_WINDOW, RR_NAMES, build_table
+from q2_ecg.beats import RR_NAMES, build_table
 from q2_ecg.data import load_records, resolve_source
 from q2_ecg.metrics import (
     HEADLINE,
@@ -284,18 +286,9 @@ def mean_sd(values: list[float]) -> list[float]:
 
 
 def check_out_of_fold(runs: list[Run], expected_folds: int) -> list[str]:
-    """Problems that stop a k-fold group from being a headline (missing folds, records twice)."""
-    problems = []
-    if len(runs) != expected_folds:
-        problems.append(f"{len(runs)} of {expected_folds} folds trained")
-    seen = defaultdict(list)
-    for run in runs:
-        for rec in run.test_records:
-            seen[rec].append(run.fold)
-    twice = sorted(r for r, f in seen.items() if len(f) > 1)
-    if twice:
-        problems.append(f"records tested by two folds: {twice[:5]}")
-    return problems
+    """What stops a k-fold group from being a headline (missing folds)."""
+    return out_of_fold_problems({r.fold: r.test_records for r in runs}, expected_folds, None,
+                                "records")
 
 
 def seeds_summary(per_seed: dict[str, dict]) -> dict:
@@ -345,13 +338,13 @@ def evaluate_group(runs: list[Run]) -> tuple[dict, dict]:
     return entry, rows
 
 
-def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
-    """metrics['models'] for every group; also the first seed's pooled rows and histories."""
+def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict]:
+    """metrics['models'] for every group; also the first seed's pooled held-out rows."""
     groups = collect(run_root, data_tag)
     if not groups:
         raise cli.DataError(f"no Q2 run with predictions in {run_root}: run `make q2` (or "
                             "python -m q2_ecg.train) first")
-    results, oof, histories = defaultdict(dict), {}, {}
+    results, oof = defaultdict(dict), {}
     for (method, scheme), per_seed in sorted(groups.items()):
         entry = {"description": DESCRIPTIONS.get(method) or DESCRIPTIONS.get(method.split("-")[0], method),
                  "seeds": {}}
@@ -359,8 +352,6 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
             entry["seeds"][str(seed)], rows = evaluate_group(runs)
             if seed == min(per_seed):
                 oof[method, scheme] = rows
-                histories[method, scheme] = {r.fold: read_csv(r.folder / "history.csv")
-                                             for r in runs if (r.folder / "history.csv").exists()}
         for s in entry["seeds"].values():
             if s["rule"]["reason"]:
                 print(f"notice: {method} {scheme}: {s['rule']['reason']}", file=sys.stderr)
@@ -370,7 +361,7 @@ def evaluate_source(run_root: Path, data_tag: str) -> tuple[dict, dict, dict]:
                                                  "model_args")},
                      variant=first["config"].get("name"))     # --name: an ablation of `model`
         results[scheme][method] = entry
-    return dict(results), oof, histories
+    return dict(results), oof
 
 
 def complete(entry: dict) -> bool:
@@ -423,21 +414,16 @@ def headline(models: dict, chosen: str | None) -> dict:
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_data_args(p)
-    p.add_argument("--predictions", default=None, metavar="FILE.npz",
-                   help="score this file of q2_ecg.infer against --data instead of the "
-                        "cross-validation's runs")
+    cli.add_eval_args(p, "q2_ecg.infer")
     return p.parse_args(argv)
 
 
 def main(args) -> dict:
-    from q2_ecg import figures
-
     source = resolve_source(args.data)
     if args.predictions:
         return evaluate_file(Path(args.predictions), source, args.results_root)
     run_root = results_dir("q2", source, args.results_root)
-    models, oof, histories = evaluate_source(run_root, source.tag)
+    models, oof = evaluate_source(run_root, source.tag)
     choice = final_choice(models.get("kfold", {}), run_root)
     result = {**provenance(source, None, 0),
               "protocol": __doc__.split("Protocol: ")[1].strip(),
@@ -450,8 +436,6 @@ def main(args) -> dict:
     write_json(run_root / "metrics.json", result)
     for (method, scheme), rows in oof.items():
         savez(run_root / "oof" / f"{method}-{scheme}.npz", **rows)
-    figures.write_all(run_root / "figures", result, oof, histories, source.label,
-                      example_signals(records, table, oof))
     print_table(result)
     return result
 
@@ -473,27 +457,6 @@ def record_rhythms(records, table) -> dict:
                           "median_rr_s": float(np.median(table.rr[m, 0])),
                           "irregularity": float(np.median(table.rr[m, col]))}
     return out
-
-
-def example_signals(records, table, oof: dict):
-    """signal_of(method, i) -> what the model read for row i of the method's out-of-fold rows:
-    {"window": beat window (WINDOW,), "template": record template (WINDOW,), "rr_prev_s",
-    "rr_next_s", "rr_sinus_s": RR features in s}; read from the data, for the example-beat
-    figure only."""
-    first = records.beat_offsets[:-1]
-    row_of = {p: r for r, p in enumerate(records.patient_id)}
-    rr_column = {name: RR_NAMES.index(name) for name in ("rr_prev_s", "rr_next_s", "rr_sinus_s")}
-
-    def signal_of(method: str, i: int) -> dict:
-        rows = oof[method, "kfold"]
-        r = row_of[rows["record"][i]]
-        locs = records.beat_locs[first[r]:records.beat_offsets[r + 1]]
-        g = first[r] + int(np.searchsorted(locs, rows["beat_loc"][i]))
-        c = table.centre[g]
-        return {"window": table.signal[c - HALF_WINDOW:c + HALF_WINDOW],
-                "template": table.template[r],
-                **{name: float(table.rr[g, k]) for name, k in rr_column.items()}}
-    return signal_of
 
 
 def evaluate_file(path: Path, source, results_root) -> dict:

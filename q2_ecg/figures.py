@@ -1,5 +1,10 @@
-"""Q2 result figures from evaluation's output: curves, confusion matrices, ROC/PR, example beats,
-scheme contrasts. Nothing here runs a model or imports evaluation."""
+"""Q2 result figures: curves, confusion matrices, ROC/PR, example beats, scheme contrasts.
+
+    python -m q2_ecg.figures --data ../shared/data/ecg
+
+A stage of its own after evaluation: it reads metrics.json, the pooled out-of-fold rows
+(oof/*.npz), the runs' history.csv and, for the example beats, the data; it runs no model and
+scores nothing anew."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +13,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
+from common import cli
+from common.io import read_csv, read_json
 from common.plotting import save_figure
-from q2_ecg.beats import HALF_WINDOW
-from q2_ecg.data import SAMPLING_RATE
+from common.results import read_metrics, results_dir
+from q2_ecg.beats import HALF_WINDOW, RR_NAMES, build_table
+from q2_ecg.data import SAMPLING_RATE, load_records, resolve_source
 from q2_ecg.eda import database_name
 from q2_ecg.metrics import CLASSES
 
@@ -233,7 +241,8 @@ def plot_examples(signal_of, pred: dict, n_per_cell: int = 3) -> plt.Figure:
 def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str,
               signal_of=None) -> None:
     """Every figure of evaluation's result. oof[(method, scheme)]: pooled held-out rows;
-    histories[(method, scheme)][fold]: history.csv rows; signal_of(method, i): see plot_examples."""
+    histories[(method, scheme)][fold]: history.csv rows; signal_of(i): see plot_examples
+    (rows of the chosen method's out-of-fold rows)."""
     kfold = {m: e for m, e in result["models"].get("kfold", {}).items()   # every fold ran,
              if not e["seeds"][min(e["seeds"])].get("problems") and not e.get("variant")}  # no variant
     databases = sorted({k.split("_")[1] for folds in histories.values() for rows in folds.values()
@@ -264,7 +273,7 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
         save_figure(plot_roc_pr({m: oof[m, "kfold"] for m in ranked}, ranked),
                     folder / "roc_pr.png", "Normal vs abnormal, out of fold (first seed)", label)
     if chosen and signal_of is not None and (chosen, "kfold") in oof:
-        save_figure(plot_examples(lambda i: signal_of(chosen, i), oof[chosen, "kfold"]),
+        save_figure(plot_examples(signal_of, oof[chosen, "kfold"]),
                     folder / "examples.png",
                     f"Out-of-fold beats classified by {chosen}: correct (green, left columns) "
                     "and misclassified (red, right columns), per true class", label)
@@ -276,3 +285,62 @@ def write_all(folder: Path, result: dict, oof: dict, histories: dict, label: str
                                               and (m, "kfold") in oof}, other, scheme),
                         folder / name, f"Normal vs abnormal (SVEB or VEB): k-fold (dashed) "
                                        f"against {SCHEMES[scheme]} (solid), first seed", label)
+
+
+def read_outputs(root: Path, result: dict) -> tuple[dict, dict]:
+    """(oof[(method, scheme)]: the first seed's pooled held-out rows from oof/*.npz,
+    histories[(method, scheme)][fold]: its runs' history.csv rows)."""
+    oof, histories = {}, {}
+    for scheme, methods in result["models"].items():
+        for method, entry in methods.items():
+            path = root / "oof" / f"{method}-{scheme}.npz"
+            if path.exists():
+                with np.load(path) as f:
+                    oof[method, scheme] = {k: f[k] for k in f.files}
+            first = entry["seeds"][min(entry["seeds"], key=int)]
+            histories[method, scheme] = {
+                read_json(root / run / "summary.json")["fold"]: read_csv(root / run / "history.csv")
+                for run in first["runs"] if (root / run / "history.csv").exists()}
+    return oof, {k: v for k, v in histories.items() if v}
+
+
+def example_signals(records, table, rows: dict):
+    """signal_of(i) -> what the model read for row i of out-of-fold `rows` (oof/*.npz):
+    {"window": beat window (WINDOW,), "template": record template (WINDOW,), "rr_prev_s",
+    "rr_next_s", "rr_sinus_s": RR features in s}; read from the data."""
+    first = records.beat_offsets[:-1]
+    row_of = {p: r for r, p in enumerate(records.patient_id)}
+    rr_column = {name: RR_NAMES.index(name) for name in ("rr_prev_s", "rr_next_s", "rr_sinus_s")}
+
+    def signal_of(i: int) -> dict:
+        r = row_of[rows["record"][i]]
+        locs = records.beat_locs[first[r]:records.beat_offsets[r + 1]]
+        g = first[r] + int(np.searchsorted(locs, rows["beat_loc"][i]))
+        c = table.centre[g]
+        return {"window": table.signal[c - HALF_WINDOW:c + HALF_WINDOW],
+                "template": table.template[r],
+                **{name: float(table.rr[g, k]) for name, k in rr_column.items()}}
+    return signal_of
+
+
+def parse_args(argv=None):
+    return cli.data_args(__doc__, argv)
+
+
+def main(args) -> Path:
+    source = resolve_source(args.data)
+    root = results_dir("q2", source, args.results_root)
+    result = read_metrics(root, "q2_ecg.eval")
+    oof, histories = read_outputs(root, result)
+    chosen = result.get("chosen_model")
+    signal_of = None
+    if chosen and (chosen, "kfold") in oof:
+        records = load_records(source)
+        signal_of = example_signals(records, build_table(records), oof[chosen, "kfold"])
+    write_all(root / "figures", result, oof, histories, source.label, signal_of)
+    print(f"Q2 figures written to {root / 'figures'}")
+    return root / "figures"
+
+
+if __name__ == "__main__":
+    cli.run_main(lambda: main(parse_args()))

@@ -19,24 +19,18 @@ from scipy.special import softmax
 
 from common import cli
 from common.checkpoint import load_weights
-from common.results import results_dir
-from common.runtime import configure_threads, select_device
+from common.deploy import inference_note, open_deployed
 from q2_ecg.beats import build_table, table_to_device
+from q2_ecg.classify import predict_and_adapt
 from q2_ecg.data import load_records, resolve_source
-from q2_ecg.final import read_final
 from q2_ecg.model import build_model
-from q2_ecg.predict import predict_and_adapt
 from q2_ecg.prediction_file import save_external
 from q2_ecg.rules import decide, fold_average, geometric_mean
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
-    cli.add_data_args(p)
-    p.add_argument("--trained-on", required=True,
-                   help="the source whose deployed model (make q2-final) predicts --data")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="the prediction file to write")
-    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    cli.add_infer_args(p)
     return p.parse_args(argv)
 
 
@@ -59,10 +53,7 @@ def deployed_probabilities(root: Path, final: dict, dev: dict, beats: np.ndarray
 
 
 def main(args) -> Path:
-    configure_threads()
-    device = select_device(args.device)
-    root = results_dir("q2", resolve_source(args.trained_on), args.results_root)
-    final = read_final(root)
+    device, root, final = open_deployed("q2", resolve_source(args.trained_on), args)
     source = resolve_source(args.data)
     records = load_records(source)
     table = build_table(records)
@@ -76,9 +67,7 @@ def main(args) -> Path:
     path = save_external(Path(args.out), records, table, pred, p_abnormal, prob,
                          {k: final[k] for k in ("data_source", "git_commit", "model", "seed",
                                                 "adapt", "logit_bias")}, source.tag)
-    print(f"deployed {final['model']} ({len(final['folds'])} fold models, trained on "
-          f"{final['data_label']}) predicted {len(beats)} scored beats of {source.label}; "
-          f"written to {path}")
+    print(inference_note(final, f"{len(beats)} scored beats", source.label, path))
     return path
 
 

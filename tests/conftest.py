@@ -11,8 +11,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory):
-    """Caches go to a temporary folder; progress bars are off; the Hub counts as offline."""
+    """Caches go to a temporary folder; progress bars are off; the Hub counts as offline; every
+    run trains on one thread (common.runtime.configure_threads honours OMP_NUM_THREADS): tiny
+    models train fastest so, and on a busy machine two OpenMP threads per process run ~10x
+    slower)."""
     os.environ["PROJECT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["NO_PROGRESS"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     yield
@@ -45,18 +49,11 @@ def q1_results(tmp_path_factory):
     """A results root with the Q1 protocol on demo data with tiny settings: a 2-fold
     cross-validation of the models (U-Net, 2.5-D U-Net, the plain reference) and of the
     baselines."""
-    import torch
-
     from q1_mri import baselines, train
 
     root = tmp_path_factory.mktemp("q1-results")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:   # tiny models: one thread (busy machines: ~10x)
-        mp.setattr(train, "configure_threads", lambda: None)
-        torch.set_num_threads(1)
-        for run in Q1_RUNS:
-            train.train(train.parse_args(Q1_TINY + run + ["--results-root", str(root)]))
-        torch.set_num_threads(threads)
+    for run in Q1_RUNS:
+        train.train(train.parse_args(Q1_TINY + run + ["--results-root", str(root)]))
     baselines.main(baselines.parse_args(["--data", "demo", "--split", "kfold", "--folds", "2",
                                          "--results-root", str(root)]))
     return root
@@ -103,17 +100,25 @@ def interrupt_after_first_epoch(monkeypatch, train_module) -> None:
 
 @pytest.fixture(scope="session")
 def q1_evaluated(q1_results):
-    """(q1_results after q1_mri.eval wrote metrics.json and figures, eval's result)."""
+    """(q1_results after q1_mri.eval wrote metrics.json and q1_mri.figures the figures,
+    eval's result)."""
     from q1_mri import eval as q1_eval
+    from q1_mri import figures
 
-    return q1_results, q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root",
-                                                        str(q1_results)]))
+    flags = ["--data", "demo", "--results-root", str(q1_results)]
+    result = q1_eval.main(q1_eval.parse_args(flags))
+    figures.main(figures.parse_args(flags))
+    return q1_results, result
 
 
 @pytest.fixture(scope="session")
 def q2_evaluated(q2_results):
-    """(q2_results after q2_ecg.eval wrote metrics.json and figures, eval's result)."""
+    """(q2_results after q2_ecg.eval wrote metrics.json and q2_ecg.figures the figures,
+    eval's result)."""
     from q2_ecg import eval as q2_eval
+    from q2_ecg import figures
 
-    return q2_results, q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root",
-                                                        str(q2_results)]))
+    flags = ["--data", "demo", "--results-root", str(q2_results)]
+    result = q2_eval.main(q2_eval.parse_args(flags))
+    figures.main(figures.parse_args(flags))
+    return q2_results, result

@@ -274,9 +274,9 @@ def test_truncated_deployed_weights_give_one_line(tmp_path, capsys):
     path = fake_run(root / "q1" / source.tag / "unet-kfold5-fold0-seed0")
     path.write_bytes(path.read_bytes()[:2000])
     write_json(root / "q1" / source.tag / "final.json", {
-        "method": "unet", "flip": False, "data_label": "src", "folds": {"fold0": {
+        "method": "unet", "flip": False, "data_label": "src", "folds": {"fold0": [{
             "run": path.parent.name, "weights": f"{path.parent.name}/best.pt",
-            "sha256": file_digest(path)}}})
+            "sha256": file_digest(path)}]}})
     code, err = run(lambda: infer.main(infer.parse_args(
         ["--data", str(other.path), "--trained-on", str(source.path), "--device", "cpu",
          "--results-root", str(root), "--out", str(tmp_path / "p.npz")])), capsys)

@@ -170,8 +170,12 @@ def evaluated():
     return truth, oof, result
 
 
-def test_write_all_figures_are_titled_and_labelled(evaluated, tmp_path, monkeypatch):
-    truth, oof, result = evaluated
+def test_write_all_figures_are_titled_and_labelled(q1_evaluated, monkeypatch):
+    from common.io import read_json
+    from q1_mri.data import load_mri, pool, resolve_source
+    from q1_mri.truth import Truth
+
+    root, _ = q1_evaluated
     saved = {}
 
     def capture(fig, path, title, source_label):
@@ -181,7 +185,9 @@ def test_write_all_figures_are_titled_and_labelled(evaluated, tmp_path, monkeypa
         plt.close(fig)
 
     monkeypatch.setattr(figures, "save_figure", capture)
-    figures.write_all(tmp_path, truth, oof, result, "synthetic")
+    demo = root / "q1" / "demo"
+    figures.write_all(demo, Truth(pool(load_mri(resolve_source("demo")))),
+                      read_json(demo / "metrics.json"), "demo")
     assert set(saved) == {"curves.png", "examples.png", "worst_slices.png", "per_patient.png"}
     assert f"{100 * figures.MIN_WORST_FILL:.0f} %" in saved["worst_slices.png"]
 

@@ -17,10 +17,10 @@ from q2_ecg.beats import (
     rr_features,
     table_to_device,
 )
+from q2_ecg.classify import predict, predict_embedded
 from q2_ecg.data import ECGRecords, assemble
 from q2_ecg.model import MODELS, build_model, model_args
 from q2_ecg.persons import group_persons
-from q2_ecg.predict import predict, predict_embedded
 
 FS = 128
 

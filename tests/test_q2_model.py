@@ -18,11 +18,11 @@ from q2_ecg.beats import (
     rr_features,
     table_to_device,
 )
+from q2_ecg.classify import predict
 from q2_ecg.data import load_records
 from q2_ecg.metrics import SelectionScore, confusion, summary_from_confusion, tune_logit_bias
 from q2_ecg.model import build_model, model_args
 from q2_ecg.persons import group_persons
-from q2_ecg.predict import predict
 
 
 @pytest.fixture(scope="module")

@@ -54,18 +54,6 @@ HINT = "set PROJECT_CACHE to a writable folder"
 
 # ---------------------------------------------------------------- helpers
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models train fastest on one thread; on a busy machine two OpenMP threads per
-    process run ~10x slower (configure_threads would take every core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for module in (q1_train, q2_train):
-        monkeypatch.setattr(module, "configure_threads", lambda: None)
-    yield
-    torch.set_num_threads(threads)
-
-
 def q2_args(root: Path, *extra: str):
     """Tiny one-epoch resnet run, fold 0 of a 2-fold split of the demo data, under `root`."""
     return q2_train.parse_args(Q2_TINY + KFOLD0 + ["--epochs", "1", "--results-root", str(root),
@@ -483,7 +471,7 @@ def test_mri_folder_is_refused_by_name_from_the_q2_command_line(tmp_path):
     (["--fold", "0", "--model", "context", "--batch-beats", "16"],
      "--batch-beats 16: the context model reads chunks of 32 beats, so a batch needs at least 32"),
     (["--fold", "0", "--lr", "-1"], "argument --lr: -1 is not a number > 0"),
-    (["--fold", "0", "--seed", "-1"], "argument --seed: -1 is not an integer >= 0"),
+    (["--fold", "0", "--seed", "-1"], "argument --seed: -1 is not an integer in 0..4294967295"),
     (["--fold", "0", "--folds", "1"], "--folds must be at least 2"),
     (["--split", "kfold"], "--split kfold needs --fold 0..4 (got None)"),
     (["--fold", "7", "--folds", "5"], "--split kfold needs --fold 0..4 (got 7)"),

@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -20,6 +21,7 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"q1": "Assessment_Q1.ipynb", "q2": "Assessment_Q2.ipynb"}
+CHILD = "RUN_NOTEBOOKS_CHILD"     # set for the per-notebook processes run_children starts
 
 
 def execute(path: Path, out: Path, timeout_s: int) -> None:
@@ -33,6 +35,42 @@ def execute(path: Path, out: Path, timeout_s: int) -> None:
 
 
 def main() -> None:
+    """Ctrl-C ends in one line and exit status 130 (the shell's for SIGINT), not a traceback
+    from every process (see run_children)."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the notebooks were not (all) executed; rerun make notebooks",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def run_children(todo: list[str]) -> None:
+    """Execute each notebook of `todo` in a process of its own, side by side (so that their
+    kernels run in parallel), and show each process's output when it ends.
+
+    The output is held back because Ctrl-C reaches these processes too: nbclient then shuts
+    their kernels down and fails with tracebacks, which are dropped here for main's one line.
+    """
+    logs = {q: tempfile.TemporaryFile() for q in todo}
+    children = {q: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--only", q],
+                                    env={**os.environ, CHILD: "1"}, stdout=logs[q],
+                                    stderr=subprocess.STDOUT) for q in todo}
+    try:
+        codes = {q: child.wait() for q, child in children.items()}
+    except KeyboardInterrupt:   # let them shut their kernels down first
+        for child in children.values():
+            child.wait()
+        raise
+    for q in todo:
+        logs[q].seek(0)
+        (sys.stderr if codes[q] else sys.stdout).write(logs[q].read().decode(errors="replace"))
+    failed = [NOTEBOOKS[q] for q in todo if codes[q]]
+    if failed:
+        sys.exit(f"not executed: {', '.join(failed)}")
+
+
+def run() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="data spec of both notebooks (default: the best "
                    "source with results)")
@@ -50,12 +88,8 @@ def main() -> None:
     os.environ.setdefault("NO_PROGRESS", "1")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     todo = [args.only] if args.only else list(NOTEBOOKS)
-    if len(todo) > 1:          # one process per notebook, so that their kernels run side by side
-        children = {q: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--only", q])
-                    for q in todo}
-        failed = [NOTEBOOKS[q] for q, child in children.items() if child.wait() != 0]
-        if failed:
-            sys.exit(f"not executed: {', '.join(failed)}")
+    if not os.environ.get(CHILD):
+        run_children(todo)
         return
     q = todo[0]
     spec = getattr(args, f"{q}_data") or args.data

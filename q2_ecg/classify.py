@@ -1,4 +1,6 @@
-"""Feeding beats to a model: chunk layout, input gathering on the device, batched inference."""
+"""Running a beat classifier: chunk layout, input gathering on the device, batched prediction,
+and the label-free per-record adaptation of its output. Shared by training (the epoch monitor,
+the run's prediction file) and q2_ecg.infer (the deployed model on other data)."""
 from __future__ import annotations
 
 import numpy as np

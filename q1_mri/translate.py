@@ -1,4 +1,5 @@
-"""Running a Q1 translator: its input (2-D or 2.5-D), batched prediction, test-time flips.
+"""Running a Q1 translator over slices: its input (2-D or 2.5-D), batched prediction, test-time
+flips.
 
 Shared by training (per-epoch monitor, the run's prediction file) and q1_mri.infer (the
 deployed model on other data); evaluation never imports it.

@@ -1,0 +1,235 @@
+"""Nothing silently wrong: a damaged file, a bad flag or out-of-range data ends in one
+`error: ...` line (exit 2) or a one-line notice and a clean result, never a traceback, a run on
+the wrong device or inf pixels. Each case is small (seconds); nothing trains."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common.datasource
+import tests.test_q1_bad_input as q1_bad_input
+from common import cli
+from common.cache import to_float16
+from common.datasource import PROJECT_ROOT
+from common.io import read_csv, read_json, write_csv, write_json
+from common.prediction_files import read_predictions
+from common.runs import RunError, locked, process_start
+from common.runtime import check_memory
+from q1_mri import baselines as q1_baselines
+from q1_mri import train as q1_train
+from q1_mri.data import load_mri, normalise
+from q2_ecg import baselines as q2_baselines
+from q2_ecg.beats import amplitude_scale
+from q2_ecg.data import load_records
+from tests.test_q2_data import _record, _write_parquet
+
+HINT = "the file is damaged; remove it and rerun the step that wrote it"
+
+
+def run_cli(main, capsys) -> tuple[int, str]:
+    """Run `main` as the scripts do (common.cli.run_main): exit status and its one stderr line."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_main(main)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return exit_.value.code, err.strip()
+
+
+# ---------------------------------------------------------------- damaged files
+
+@pytest.mark.parametrize("damage,kind", [(lambda b: b[:len(b) // 2], "JSONDecodeError"),
+                                         (lambda b: b"\xff\xfe\x00" + b, "UnicodeDecodeError")],
+                         ids=["truncated", "binary"])
+def test_damaged_json_is_one_error_line(tmp_path, capsys, damage, kind):
+    path = write_json(tmp_path / "summary.json", {"model": "unet", "epochs": [1, 2, 3]})
+    path.write_bytes(damage(path.read_bytes()))
+    assert run_cli(lambda: read_json(path), capsys) == (2, f"error: cannot read {path} ({kind}): "
+                                                          f"{HINT}")
+    with pytest.raises(FileNotFoundError):       # callers test for a missing file themselves
+        read_json(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:-3],                 # cut off inside the last row
+                                    lambda b: b[:8] + b"\x00\xff" + b[8:]],  # not text
+                         ids=["truncated", "binary"])
+def test_damaged_csv_is_one_error_line(tmp_path, capsys, damage):
+    path = write_csv(tmp_path / "history.csv", [{"epoch": e, "loss": 0.5 / e} for e in (1, 2)])
+    path.write_bytes(damage(path.read_bytes()))
+    code, line = run_cli(lambda: read_csv(path), capsys)
+    assert code == 2 and line.startswith(f"error: cannot read {path} (") and line.endswith(HINT)
+    with pytest.raises(FileNotFoundError):
+        read_csv(tmp_path / "absent.csv")
+
+
+def test_truncated_predictions_npz_is_one_error_line(tmp_path, capsys):
+    path = tmp_path / "predictions.npz"
+    np.savez(path, pred=np.zeros((64, 3), np.float32), split_id=np.array("0123456789ab"))
+    path.write_bytes(path.read_bytes()[:300])
+    assert run_cli(lambda: read_predictions(path, ("pred",), None, None), capsys) == (
+        2, f"error: cannot read {path} (BadZipFile): rerun that run")
+
+
+# ---------------------------------------------------------------- flags
+
+@pytest.mark.parametrize("parse,flag,value,message", [
+    (q1_train.parse_args, "--seed", "4294967296", "4294967296 is not an integer in 0..4294967295"),
+    (q1_baselines.parse_args, "--seed", "4294967296", "is not an integer in 0..4294967295"),
+    (q2_baselines.parse_args, "--seed", "-1", "is not an integer in 0..4294967295"),
+    (q1_train.parse_args, "--device", "foo", "'foo' is not a device: use auto, cpu, cuda, "
+                                             "cuda:N or mps"),
+    (q1_train.parse_args, "--data", "", "an empty value names no data"),
+])
+def test_bad_flag_is_refused_before_any_data_is_read(monkeypatch, capsys, parse, flag, value,
+                                                     message):
+    def no_data(*_):
+        raise AssertionError("data was read for a refused flag")
+    monkeypatch.setattr(common.datasource, "folder_fingerprint", no_data)   # --data "": cwd
+    with pytest.raises(SystemExit) as exit_:
+        parse([flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"error: argument {flag}: " in err and message in err, err
+
+
+def test_edge_flags_are_accepted():
+    args = q1_train.parse_args(["--seed", "4294967295", "--device", "mps", "--fold", "0"])
+    assert (args.seed, args.device) == (2**32 - 1, "mps")
+    assert [cli.device(d) for d in ("auto", "cuda", "cuda:1", "mps")] == ["auto", "cuda", "cuda:1",
+                                                                         "mps"]
+
+
+# ---------------------------------------------------------------- memory
+
+def test_memory_estimate_beyond_the_free_memory_is_one_error_line(capsys):
+    cpu = torch.device("cpu")
+    check_memory(1 << 20, cpu, "a 1 MB batch")                  # fits: nothing happens
+    code, line = run_cli(lambda: check_memory(1 << 60, cpu, "training the U-Net"), capsys)
+    assert code == 2 and line.startswith("error: training the U-Net needs about 1152921504.6 GB "
+                                         "of cpu memory, this machine has ")
+    assert line.endswith("GB free: lower --batch-size or the model width, or stop other jobs "
+                         "using it")
+
+
+# ---------------------------------------------------------------- run lock
+
+def test_lock_of_a_reused_pid_is_cleared(tmp_path, capsys):
+    """A lock naming a live process that started at another time than the lock's writer (the
+    pid was reused) is stale; the same process, or a lock in the old "pid host" format, is not."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        start = process_start(other.pid)
+        lock = tmp_path / ".lock"
+        for owner in (f"{other.pid} {socket.gethostname()} {start}",
+                      f"{other.pid} {socket.gethostname()}"):
+            lock.write_text(owner)
+            with pytest.raises(RunError, match=f"pid {other.pid}"):
+                with locked(tmp_path):
+                    pass
+        lock.write_text(f"{other.pid} {socket.gethostname()} {start + 1}")
+        with locked(tmp_path):
+            assert lock.read_text().split()[0] == str(os.getpid())
+        assert "notice: clearing the stale lock" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+
+
+# ---------------------------------------------------------------- float16 range
+
+def test_float16_scaling_keeps_huge_values_finite(capsys):
+    huge = np.full((8, 8), 1e6, np.float32)
+    huge[0, 0] = -3e6
+    scaled, factor = to_float16(huge, "test intensities")
+    assert factor == 2.0**6 and scaled.dtype == np.float16 and np.isfinite(scaled).all()
+    np.testing.assert_allclose(scaled.astype(np.float32) * factor, huge, rtol=1e-3)
+    assert capsys.readouterr().err.strip() == ("notice: test intensities exceed the float16 "
+                                               "cache's range (+-65504): cached divided by 64")
+    ordinary = np.linspace(-100, 60000, 50, dtype=np.float32)
+    same, factor = to_float16(ordinary, "ordinary")
+    assert factor == 1.0 and np.array_equal(same, ordinary.astype(np.float16))
+    assert capsys.readouterr().err == ""
+
+
+def test_chunks_scaled_late_share_one_factor():
+    """A later chunk that overflows rescales the chunks already held: one factor for all."""
+    from common.cache import Float16Arrays
+
+    holder = Float16Arrays("chunks")
+    holder.add("t1", np.full(4, 1000.0))
+    holder.add("t2", np.full(4, 2000.0))
+    holder.add("t1", np.full(4, 1.6e5))
+    arrays = holder.arrays()
+    assert holder.factor == 4.0
+    np.testing.assert_array_equal(arrays["t1"], np.r_[np.full(4, 250.0), np.full(4, 4e4)])
+    np.testing.assert_array_equal(arrays["t2"], np.full(4, 500.0))
+
+
+def test_mri_intensities_beyond_float16_load_finite(tmp_path, monkeypatch):
+    """Intensities x1000 (up to 2e6) load without inf and normalise as the originals do
+    (to float16 precision)."""
+    plain = q1_bad_input.write_mri(tmp_path / "plain", train=["p1", "p2"], validation=["p3"])
+    brain = q1_bad_input.brain
+    monkeypatch.setattr(q1_bad_input, "brain", lambda seed: 1000 * brain(seed))
+    huge = q1_bad_input.write_mri(tmp_path / "huge", train=["p1", "p2"], validation=["p3"])
+    loaded, original = load_mri(huge), load_mri(plain)
+    for split in ("train", "validation"):
+        got = loaded[split]
+        assert np.isfinite(got.t1).all() and np.isfinite(got.t2).all()
+        for a, b in zip(normalise(got), normalise(original[split])):
+            np.testing.assert_allclose(a, b, atol=3e-3)
+
+
+def test_ecg_signal_beyond_float16_loads_finite(tmp_path):
+    """A record x1e5 loads finite and, divided by its R amplitude, as the original record."""
+    wave = _record("a")["signal"]
+    records = load_records(_write_parquet(tmp_path / "ecg", [_record("a"),
+                                                             _record("b", signal=wave * 1e5)]))
+    assert np.isfinite(records.signal).all()
+    scaled = []
+    for r in range(2):
+        signal, locs, _ = records.record(r)
+        scaled.append((signal - np.median(signal)) / amplitude_scale(signal, locs))
+    np.testing.assert_allclose(scaled[1], scaled[0], atol=5e-3)
+
+
+# ---------------------------------------------------------------- make notebooks
+
+def test_ctrl_c_in_run_notebooks_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the notebook processes run: they are waited for (they shut their kernels
+    down), their tracebacks are dropped, and one line and exit status 130 remain."""
+    spec = importlib.util.spec_from_file_location("run_notebooks",
+                                                  PROJECT_ROOT / "tools" / "run_notebooks.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    class Child:
+        """A notebook process: the first wait is interrupted by Ctrl-C, then it ends."""
+        started: list[Child] = []
+
+        def __init__(self, argv, stdout=None, **_):
+            if stdout:
+                stdout.write(b"Traceback (most recent call last): nbclient after Ctrl-C\n")
+            self.waits = 0
+            self.started.append(self)
+
+        def wait(self) -> int:
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return 1
+    monkeypatch.setattr(tool.subprocess, "Popen", Child)
+    monkeypatch.setattr(sys, "argv", ["run_notebooks.py", "--out-dir", str(tmp_path)])
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))   # the tool changes it
+    monkeypatch.delenv(tool.CHILD, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    captured = capsys.readouterr()
+    assert exit_.value.code == 130 and captured.out == "" and captured.err.strip().splitlines() == [
+        "interrupted: the notebooks were not (all) executed; rerun make notebooks"]
+    assert [child.waits for child in Child.started] == [2, 1]     # both waited for
