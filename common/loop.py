@@ -30,7 +30,7 @@ import torch
 from common import runtime
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.ema import ModelEMA
-from common.io import file_digest, torch_save, write_csv, write_json
+from common.io import file_digest, read_json, torch_save, write_csv, write_json
 from common.runs import check_resume, locked
 from common.runtime import rng_state, set_rng_state
 
@@ -77,6 +77,19 @@ class RunBook:
             raise CheckpointError(f"cannot resume from {self.out / 'checkpoint.pt'} "
                                   f"({type(e).__name__}: {str(e).splitlines()[0]}): drop "
                                   "--resume to start afresh") from e
+
+    def finished(self, epochs: int) -> dict | None:
+        """The saved summary when a resumed run has nothing left to train (all `epochs` run,
+        or patience exhausted) and was finished (summary.json naming its files), else None:
+        resuming such a run reads it back instead of training or writing anything."""
+        path = self.out / "summary.json"
+        if self.checkpoint is None or not path.exists():
+            return None
+        stopped = self.history and len(self.history) - self.best_epoch >= self.patience
+        if len(self.history) < epochs and not stopped:
+            return None
+        summary = read_json(path)
+        return summary if summary.get("epochs_run") == len(self.history) else None
 
     @property
     def fresh(self) -> bool:

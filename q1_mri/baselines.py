@@ -63,6 +63,7 @@ def fit_lut(t1: np.ndarray, t2: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def predict_baselines(t1: np.ndarray, coef: tuple[float, float], lut: np.ndarray
                       ) -> dict[str, np.ndarray]:
     """{method: (n, 1, H, W) float32 predicted T2} from normalised T1 (n, 1, H, W)."""
+    t1 = t1.astype(np.float32)
     b = np.minimum((t1 * LUT_BINS).astype(np.int64), LUT_BINS - 1)
     return {"identity": t1.astype(np.float32), "linear": linear_map(t1, coef),
             "lut": np.where(t1 > 0, lut[b], 0).astype(np.float32)}

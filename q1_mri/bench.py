@@ -91,6 +91,30 @@ def measure(args) -> dict:
                 **bench.measure(s, step, args.steps)}
 
 
+HUB_SLICES, HUB_PATIENTS = 155_000, 369
+
+
+def preparation_memory(n_slices: int = HUB_SLICES, n_patients: int = HUB_PATIENTS) -> dict:
+    """Peak host memory (numpy allocations, tracemalloc) of normalising a synthetic source of
+    `n_slices` float16 slices: what every stage that prepares the Q1 data costs at Hub scale.
+    Returns bytes of the input, of normalise's outputs (two float16 images and the mask) and
+    the peak of the allocations made while normalising."""
+    import tracemalloc
+
+    from q1_mri.data import MRISplit, normalise
+
+    t1 = np.zeros((n_slices, 1, 64, 64), np.float16)
+    patient = np.repeat(np.arange(n_patients), -(-n_slices // n_patients))[:n_slices]
+    t1[:, :, 16:48, 12:52] = (100 + patient % 7)[:, None, None, None]      # a brain per slice
+    split = MRISplit(t1, t1 * 2, patient.astype(str), np.full(n_slices, "axial"))
+    tracemalloc.start()
+    out = normalise(split)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"slices": n_slices, "input_bytes": 2 * t1.nbytes,
+            "output_bytes": sum(a.nbytes for a in out), "peak_bytes": peak}
+
+
 def main() -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_run_args(p)
@@ -112,6 +136,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(measure(args)))
         return
+    m = preparation_memory()
+    print(f"\nQ1 data preparation at Hub scale ({m['slices']:,} synthetic slices): normalised "
+          f"copies {m['output_bytes'] / 2**30:.2f} GiB, peak allocations while normalising "
+          f"{m['peak_bytes'] / 2**30:.2f} GiB (input {m['input_bytes'] / 2**30:.2f} GiB)")
     paths = ["resident", "dataloader"] if args.path == "both" else [args.path]
     print(f"\nQ1 training throughput, data {args.data}")
     peak = None

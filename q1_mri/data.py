@@ -31,6 +31,7 @@ SHAPE = (1, 64, 64)
 CACHE_VERSION = 3   # 3: each kept slice's row in its source split is stored (empty ones dropped)
 
 PERCENTILE = 99.5
+NORMALISE_CHUNK = 4096      # slices normalised at a time (float32 temporaries of 64 MB)
 NORMALISATION = (f"per-volume: each patient's T1 and T2 divided by the {PERCENTILE}th percentile "
                  "of that patient's brain pixels (all views), clipped to [0, 1]; background = 0")
 DATA_RANGE = 1.0   # of normalised images; used by PSNR and SSIM
@@ -66,7 +67,7 @@ class MRISplit:
     @property
     def brain_mask(self) -> np.ndarray:
         """(N, 1, 64, 64) bool: pixels that are brain in either contrast (data are skull-stripped)."""
-        return (self.t1 != 0) | (self.t2 != 0)
+        return nonzero(self.t1) | nonzero(self.t2)
 
     @property
     def view_index(self) -> np.ndarray:
@@ -307,39 +308,61 @@ def shared_patients(splits: dict[str, MRISplit]) -> list[str]:
 
 # ---------------------------------------------------------------- normalisation
 
+def nonzero(images: np.ndarray) -> np.ndarray:
+    """images != 0, elementwise; for float16 read from the bit patterns (either zero's sign),
+    several times faster than numpy's float16 comparison on large arrays."""
+    if images.dtype == np.float16:
+        return (images.view(np.uint16) & 0x7FFF) != 0
+    return images != 0
+
+
 def volume_scales(images: np.ndarray, patient_id: np.ndarray) -> dict[str, float]:
     """Per patient: the PERCENTILE-th percentile of its brain (non-zero) pixels, all views."""
+    ids, inverse = np.unique(patient_id, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1]
     scales = {}
-    for pid in np.unique(patient_id):
-        values = images[patient_id == pid].astype(np.float32)
-        brain = values[values != 0]
+    for pid, rows in zip(ids.tolist(), np.split(order, bounds)):
+        values = images[rows]
+        brain = values[nonzero(values)].astype(np.float32)
         scales[pid] = float(np.percentile(brain, PERCENTILE)) if brain.size else 1.0
     return scales
 
 
-def normalise(split: MRISplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply NORMALISATION. Returns t1, t2 (N, 1, 64, 64) float32 in [0, 1] and the brain mask."""
-    out = []
-    for images in (split.t1, split.t2):
-        scales = volume_scales(images, split.patient_id)
-        divisor = np.array([scales[p] for p in split.patient_id], np.float32)[:, None, None, None]
-        out.append(np.clip(images.astype(np.float32) / divisor, 0.0, 1.0))
-    return out[0], out[1], split.brain_mask
+def normalise(split: MRISplit, dtype=np.float16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply NORMALISATION. Returns t1, t2 (N, 1, 64, 64) `dtype` in [0, 1] and the brain mask
+    (N, 1, 64, 64) bool.
 
-
-def to_device(split: MRISplit, device, max_slices: int | None = None, gen=None) -> dict:
-    """Normalised split as device tensors (float16 images, as stored; cast per batch).
-
-    Returns t1, t2 (N, 1, 64, 64) float16, mask (N, 1, 64, 64) bool, view (N,) int64 and
-    index (N,) int64 rows of the split. `max_slices` keeps a random subset (drawn with `gen`).
+    float16 by default: one compact copy per contrast, what training keeps on the device
+    (at the Hub's 155,000 slices, 1.3 GB each against 2.5 GB in float32); the division runs
+    in float32, NORMALISE_CHUNK slices at a time (torch's casts: numpy's float16 ones are
+    slow), so no full-size float32 copy is made.
     """
     import torch
 
+    out, torch_dtype = [], getattr(torch, np.dtype(dtype).name)
+    for images in (split.t1, split.t2):
+        scales = volume_scales(images, split.patient_id)
+        divisor = torch.tensor([scales[p] for p in split.patient_id.tolist()])[:, None, None, None]
+        normed = np.empty(images.shape, dtype)
+        for a in range(0, len(images), NORMALISE_CHUNK):
+            b = a + NORMALISE_CHUNK
+            chunk = torch.from_numpy(np.ascontiguousarray(images[a:b])).float()
+            normed[a:b] = (chunk / divisor[a:b]).clamp_(0.0, 1.0).to(torch_dtype).numpy()
+        out.append(normed)
+    mask = np.empty(split.t1.shape, bool)
+    for a in range(0, len(mask), NORMALISE_CHUNK):
+        b = a + NORMALISE_CHUNK
+        mask[a:b] = nonzero(split.t1[a:b]) | nonzero(split.t2[a:b])
+    return out[0], out[1], mask
+
+
+def to_device(split: MRISplit, device) -> dict:
+    """Normalised split as device tensors: t1, t2 (N, 1, 64, 64) float16 (cast per batch),
+    mask (N, 1, 64, 64) bool, view (N,) int64."""
+    import torch
+
     t1, t2, mask = normalise(split)
-    index = np.arange(len(split))
-    if max_slices is not None and max_slices < len(split):
-        index = np.sort(torch.randperm(len(split), generator=gen)[:max_slices].numpy())
-    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a[index])).to(device, dtype)  # noqa: E731
+    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)  # noqa: E731
     return {"t1": as_tensor(t1, torch.float16), "t2": as_tensor(t2, torch.float16),
-            "mask": as_tensor(mask, torch.bool), "view": as_tensor(split.view_index, torch.int64),
-            "index": torch.from_numpy(index)}
+            "mask": as_tensor(mask, torch.bool), "view": as_tensor(split.view_index, torch.int64)}

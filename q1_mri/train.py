@@ -297,6 +297,11 @@ def train(args) -> dict:
           f"{args.batch_size}, lr {args.lr:.3g}, {args.budget} budget: {args.epochs} epochs of "
           f"{steps * args.batch_size} of {len(s.train_rows)} training slices\n"
           f"  patients/slices: {s.meta['split_counts']}; data: {s.meta['data_label']}")
+    done = s.book.finished(args.epochs)
+    if done:
+        print(f"  finished earlier (best epoch {done['best_epoch']} of {done['epochs_run']}): "
+              f"read back from {s.out}")
+        return done
     if args.dry_run:
         loss = train_step(s, args, *batch(s, args, s.train_rows[:args.batch_size]))
         print(f"dry run: one batch, loss {loss.item():.4f}")

@@ -274,6 +274,11 @@ def train(args) -> dict:
           f"{count_parameters(s.model):,} parameters, {s.device}, {s.precision}, batch "
           f"{chunks * length} beats, lr {args.lr:.3g}{', compiled' if args.compile else ''}, "
           f"data: {s.meta['data_label']}\n  records/beats: {s.meta['split_counts']}")
+    done = s.book.finished(args.epochs)
+    if done:
+        print(f"  finished earlier (best epoch {done['best_epoch']} of {done['epochs_run']}): "
+              f"read back from {s.out}")
+        return done
     if args.dry_run:
         print(f"dry run: one batch, loss {train_step(s, chunks).item():.4f}")
         return {}

@@ -166,3 +166,18 @@ def test_q2_full_budget_trains_epochs_of_one_pass(tmp_path):
             "--results-root", str(tmp_path)]
     summary = q2_train.train(q2_train.parse_args(argv))
     assert summary["config"]["beats_per_epoch"] == summary["split_counts"]["train"]["beats"]
+
+
+def test_q1_preparation_memory_does_not_grow_beyond_its_outputs():
+    """Normalising holds the float16 copies and the mask it returns, plus one chunk of float32
+    temporaries whatever the number of slices: at the Hub's 155,000 slices about 3.2 GiB
+    (make bench prints the measured figure), not the 8 GiB of full float32 copies."""
+    from q1_mri.bench import preparation_memory
+
+    excess = []
+    for n in (2 * 4096 + 100, 4 * 4096 + 100):                 # 2 and 4 chunks of slices
+        m = preparation_memory(n, n // 420 + 1)
+        assert m["output_bytes"] == n * 64 * 64 * (2 + 2 + 1)   # t1, t2 float16, mask bool
+        excess.append(m["peak_bytes"] - m["output_bytes"])
+    assert max(excess) < 96 * 2**20                            # one chunk's temporaries
+    assert abs(excess[1] - excess[0]) < 16 * 2**20              # not growing with the slices

@@ -168,3 +168,16 @@ def test_deployed_model_and_its_export_map_every_row_back(q1_evaluated, tmp_path
     scored = q1_eval.main(q1_eval.parse_args(["--data", str(other.path), "--predictions",
                                               str(out), "--results-root", str(root)]))
     assert scored["overall"]["masked_ssim"]["patients"] == 4
+
+
+def test_resuming_a_finished_run_reads_it_back_and_writes_nothing(trained, tmp_path):
+    """What the notebooks do: the same training call, with --resume, on a run that exists
+    returns its summary without training or touching a file."""
+    root = tmp_path / "results"
+    shutil.copytree(trained, root)
+    run = root / "q1" / "demo" / RUN
+    before = {f.name: f.stat().st_mtime_ns for f in run.iterdir()}
+    summary = q1_train.train(q1_train.parse_args(Q1_TINY + Q1_RUNS[0] + [
+        "--results-root", str(root), "--resume"]))
+    assert summary == read_json(run / "summary.json")
+    assert {f.name: f.stat().st_mtime_ns for f in run.iterdir()} == before

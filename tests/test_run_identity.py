@@ -575,3 +575,60 @@ def test_makefile_quotes_data_paths(target, variable):
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stdout.splitlines() if re.search(r" -m (q1_mri|q2_ecg)\.", x)]
     assert lines and all('--data "/tmp/a b/ecg"' in x for x in lines), lines
+
+
+@pytest.mark.parametrize("cached_hub, split", [(True, "official"), (False, "kfold")])
+def test_make_q1_takes_the_official_split_wherever_auto_is_the_hub(tmp_path, cached_hub, split):
+    """DATA=auto with a cached Hub copy is the Hub: its validation split is the test set, as
+    with DATA=hub; without one (offline) auto falls back to demo and k-fold. The scripts are
+    replaced by a stub that records their arguments (python -c runs for real)."""
+    from common.datasource import DataSource
+    from q1_mri.data import cache_path
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "PROJECT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    if cached_hub:
+        os.environ["PROJECT_CACHE"], saved = str(cache), os.environ["PROJECT_CACHE"]
+        try:
+            cache_path(DataSource("hub", None, "hub")).write_bytes(b"")
+        finally:
+            os.environ["PROJECT_CACHE"] = saved
+    log = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\n'
+                    f'echo "$@" >> {log}\n')
+    stub.chmod(0o755)
+    done = subprocess.run(["make", "-o", ".venv/.installed", "q1", "DATA=auto", "Q1_MODELS=unet",
+                           f"PYTHON={stub}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    train = [line for line in log.read_text().splitlines() if line.startswith("-m q1_mri.train")]
+    assert train and all(f"--split {split}" in line for line in train)
+    assert len(train) == (1 if split == "official" else 5)   # the official split: one fold
+
+
+def test_resume_reads_the_checkpoint_to_the_cpu_and_a_bad_rng_state_is_one_line(
+        tmp_path, monkeypatch, capsys):
+    """On CUDA, a checkpoint mapped to the GPU held its RNG states as CUDA tensors, which
+    torch.set_rng_state refuses with a TypeError traceback: resume now always reads to the CPU
+    (weights move to the device when loaded), and a checkpoint whose RNG state still cannot be
+    restored (here a 'meta' tensor, as a GPU-mapped state would be) ends in one line."""
+    import common.loop
+
+    args = Q2_TINY + KFOLD0 + ["--results-root", str(tmp_path), "--epochs", "1"]
+    q2_train.train(q2_train.parse_args(args))
+    seen = []
+    real = common.loop.load_checkpoint
+
+    def spy(path, map_location="cpu"):
+        seen.append(str(map_location))
+        ck = real(path, map_location)
+        ck["rng"]["gen"] = torch.empty(ck["rng"]["gen"].shape, dtype=torch.uint8, device="meta")
+        return ck
+    monkeypatch.setattr(common.loop, "load_checkpoint", spy)
+    code, err = run_cli(lambda: q2_train.train(q2_train.parse_args(
+        args[:-1] + ["2", "--resume"])), capsys)
+    assert seen == ["cpu"]
+    assert code == 2 and error_line(err).startswith(
+        f"error: cannot resume from {tmp_path / DEMO / RUN / 'checkpoint.pt'} (")

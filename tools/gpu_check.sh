@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # CUDA check of both pipelines with throughput figures, for a machine with a GPU.
-# Uses only the built-in demo data (no `datasets`, no network) and writes into temporary folders.
-# Target: under 10 minutes on one H100/H200 (most of it torch.compile; its caches are shared
-# between the processes, so each model compiles once).
+# Uses only the built-in demo data (no `datasets`, no network) and temporary folders.
+# Target: under 10 minutes on one H100/H200 (most of it torch.compile).
 #   bash tools/gpu_check.sh            (PYTHON=... to choose the interpreter)
-# 1. bench before (the old defaults: eager, batch 32 slices / 512 beats) and after (the new CUDA
-#    defaults: compiled, batch 256 / 4,096); both with bf16 autocast and fused AdamW.
-# 2. Q1: 2-fold CV of unet and unet25d (2 short epochs each) + baselines + evaluation;
-#    Q2: 2-fold CV of resnet and context (2 short epochs each) + baselines + ensemble + evaluation.
+# 1. no host synchronisation inside a training step (tools/sync_check.py);
+# 2. bench before (eager, the CPU's batches) and after (the CUDA defaults: compiled, 8x
+#    batches), bf16 autocast and fused AdamW in both: samples/s and the fraction of bf16 peak;
+# 3. Q1: 2-fold CV of the U-Net and the plain reference (2 short epochs), a resume on CUDA,
+#    baselines, evaluation, figures, the deployed model and its export scored;
+# 4. Q2: 2-fold CV of the ResNet and the context model (2 short epochs), baselines, ensemble,
+#    evaluation, figures, the deployed model and its export scored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=$(mktemp -d)
@@ -19,41 +21,45 @@ $PY -c "import sys, torch; torch.cuda.is_available() or sys.exit('no CUDA device
 for a GPU machine'); print('torch', torch.__version__, '|', torch.cuda.get_device_name(0), \
 '| bf16', torch.cuda.is_bf16_supported())"
 stamp() { echo "   [$((SECONDS - START)) s]"; }
+Q1="--data demo --results-root $R"
+Q2="--data demo --results-root $R"
 
-echo "== Q1 bench, device-resident demo data"
-echo "-- before: eager, batch 32"
-$PY -m q1_mri.bench --data demo --path resident --steps 20 --compile off --batch-size 32
-echo "-- after: the CUDA defaults"
-$PY -m q1_mri.bench --data demo --path resident --steps 20
+echo "== host synchronisation inside the training step"
+$PY tools/sync_check.py
 stamp
 
-echo "== Q2 bench, demo data"
-echo "-- before: eager, batch 512 beats"
+echo "== bench: before (eager, batch 32 slices / 512 beats) and after (the CUDA defaults)"
+$PY -m q1_mri.bench --data demo --path resident --steps 20 --compile off --batch-size 32
+$PY -m q1_mri.bench --data demo --path resident --steps 20
 $PY -m q2_ecg.bench --data demo --steps 20 --compile off --batch-beats 512
-echo "-- after: the CUDA defaults"
 $PY -m q2_ecg.bench --data demo --steps 20
 stamp
 
-echo "== Q1 pipeline on CUDA: baselines, 2-fold CV of unet and unet25d (2 epochs), evaluation"
-$PY -m q1_mri.baselines --data demo --split kfold --folds 2 --results-root "$R" | tail -1
-for m in unet unet25d; do
-  for f in 0 1; do
-    $PY -m q1_mri.train --data demo --device cuda --model $m --split kfold --folds 2 --fold $f \
-      --epochs 2 --monitor-slices 64 --results-root "$R" | tail -1 | cut -c1-160
-  done
-done
-$PY -m q1_mri.eval --data demo --device cuda --results-root "$R" | tail -9
+echo "== Q1 on CUDA: 2-fold CV (2 epochs), resume, baselines, evaluation, figures, final, export"
+$PY -m q1_mri.baselines $Q1 --split kfold --folds 2 | tail -1
+for m in unet plain; do for f in 0 1; do
+  $PY -m q1_mri.train $Q1 --device cuda --model $m --folds 2 --fold $f --epochs 1 | tail -1 | cut -c1-160
+  $PY -m q1_mri.train $Q1 --device cuda --model $m --folds 2 --fold $f --epochs 2 --resume \
+    | tail -1 | cut -c1-160
+done; done
+$PY -m q1_mri.eval $Q1 | tail -6
+$PY -m q1_mri.figures $Q1
+$PY -m q1_mri.final $Q1
+$PY -m q1_mri.infer --data demo --trained-on demo --results-root "$R" --out "$R/q1.npz"
+$PY -m q1_mri.eval $Q1 --predictions "$R/q1.npz" | tail -2
 stamp
 
-echo "== Q2 pipeline on CUDA: baselines, 2-fold CV of resnet and context (2 epochs), evaluation"
-$PY -m q2_ecg.baselines --data demo --split kfold --folds 2 --results-root "$R" | tail -1
-for m in resnet context; do
-  for f in 0 1; do
-    $PY -m q2_ecg.train --data demo --device cuda --model $m --split kfold --folds 2 --fold $f \
-      --epochs 2 --beats-per-epoch 20000 --results-root "$R" | tail -1 | cut -c1-160
-  done
-done
-$PY -m q2_ecg.ensemble --data demo --results-root "$R" | tail -1
-$PY -m q2_ecg.eval --data demo --results-root "$R" | tail -9
+echo "== Q2 on CUDA: 2-fold CV (2 epochs), baselines, ensemble, evaluation, figures, final, export"
+$PY -m q2_ecg.baselines $Q2 --split kfold --folds 2 | tail -1
+for m in resnet context; do for f in 0 1; do
+  $PY -m q2_ecg.train $Q2 --device cuda --model $m --folds 2 --fold $f --epochs 2 \
+    --beats-per-epoch 20000 | tail -1 | cut -c1-160
+done; done
+$PY -m q2_ecg.ensemble $Q2 | tail -1
+$PY -m q2_ecg.eval $Q2 | tail -4
+$PY -m q2_ecg.figures $Q2
+$PY -m q2_ecg.final $Q2
+$PY -m q2_ecg.infer --data demo --trained-on demo --results-root "$R" --out "$R/q2.npz"
+$PY -m q2_ecg.eval $Q2 --predictions "$R/q2.npz" | tail -2
 stamp
 echo "gpu_check: done in $((SECONDS - START)) s"
