@@ -31,8 +31,10 @@ from common import runtime
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.ema import ModelEMA
 from common.io import file_digest, read_json, torch_save, write_csv, write_json
+from common.results import results_dir
 from common.runs import check_resume, locked
 from common.runtime import rng_state, set_rng_state
+from common.splitfile import split_id
 
 OUTPUTS = ("summary.json", "predictions.npz", "best.pt", "checkpoint.pt", "history.csv",
            "split.json")
@@ -141,10 +143,11 @@ class RunBook:
         """Record an epoch: `row` (needs "epoch" and "score"), the training `state` (the
         checkpoint's model, ema, optimizer, scaler, model_args and rng), and, when the score
         is the best so far, `weights()` as best.pt. Returns whether it was the best."""
-        if not torch.isfinite(torch.tensor(row["score"])):
-            raise CheckpointError(f"epoch {row['epoch']}: the inner-validation score is "
-                                  f"{row['score']} (non-finite weights?); {self.out} keeps the "
-                                  "last good checkpoint")
+        floats = [t for t in state["model"].values() if t.is_floating_point()]
+        if not math.isfinite(row["score"]) or not all(torch.isfinite(t).all() for t in floats):
+            raise CheckpointError(f"epoch {row['epoch']}: non-finite weights or inner-validation "
+                                  f"score ({row['score']}); {self.out} keeps the last good "
+                                  "checkpoint")
         self.history.append(row)
         improved = row["score"] > self.best
         if improved:
@@ -154,8 +157,7 @@ class RunBook:
         save_checkpoint(self.out / "checkpoint.pt", **state, epoch=row["epoch"],
                         best_metric=self.best, config=self.config, history=self.history)
         write_csv(self.out / "history.csv", self.history)
-        print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in row.items()))
+        print(epoch_line(row))
         return improved
 
     def finish(self, summary: dict, write_predictions: Callable[[], Path]) -> dict:
@@ -168,6 +170,38 @@ class RunBook:
                              "best.pt": file_digest(self.out / "best.pt")}}
         write_json(self.out / "summary.json", summary)
         return summary
+
+
+def finished_run(args, question: str, source, split_path: Callable, fold: str, run: str,
+                 derived: str) -> dict | None:
+    """With --resume, the summary of the finished run `run` of `question` that `args`
+    describe (nothing left to train), its epoch log printed; else None. Reads no data, so a
+    notebook or a rerun of make finds existing runs in seconds. split_path(folder, scheme,
+    folds, seed) names the split file. `derived` names the setting resolved from the data at
+    training time when "auto" (a budget of one pass): taken from the run's own record (the
+    data tag in its configuration pins the data it came from)."""
+    root = results_dir(question, source, args.results_root)
+    split_file, out = split_path(root / "splits", args.split, args.folds, args.seed), root / run
+    if not args.resume or not split_file.exists():
+        return None
+    split = read_json(split_file)
+    if fold not in split["folds"] or not (out / "summary.json").exists() or not (
+            out / "checkpoint.pt").exists():
+        return None
+    saved = read_json(out / "summary.json").get("config", {})
+    config = {**vars(args), "data_tag": source.tag, "split_id": split_id(split, fold),
+              **({derived: saved.get(derived)} if getattr(args, derived) == "auto" else {})}
+    book = RunBook(out, args.patience, True, config)
+    done = book.finished(args.epochs)
+    if done:
+        print("\n".join(epoch_line(row) for row in book.history)
+              + f"\nfinished earlier (best epoch {done['best_epoch']}): read back from {out}")
+    return done
+
+
+def epoch_line(row: dict) -> str:
+    """The log line of one epoch's history row."""
+    return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
 
 
 def elapsed(history: list[dict], epoch_s: float) -> float:

@@ -3,6 +3,8 @@ then only read), its final choice (what make q1-final / q2-final deploys) and th
 group of fold runs covers every item once."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,13 @@ def load_or_write(path: Path, build: Callable[[], dict], ident: dict) -> dict:
             raise DataError(f"split file {path} was made from other data ({key} "
                             f"{split.get(key)!r}, this data {value!r}); remove it to re-split")
     return split
+
+
+def split_id(split: dict, fold: str) -> str:
+    """Short hash of one fold's assignment: prediction files carry it, evaluation checks it."""
+    text = json.dumps({"scheme": split["scheme"], "seed": split["seed"],
+                       "fold": split["folds"][fold]}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def cv_choice(root: Path, question: str) -> dict:

@@ -16,14 +16,12 @@ once; later runs read it and refuse a file made from other data. Nothing re-deri
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import DataError
-from common.splitfile import load_or_write
+from common.splitfile import load_or_write, split_id
 from q1_mri.data import Slices
 
 ROLES = ("train", "val", "test")
@@ -99,13 +97,6 @@ def open_split(root: Path, data_tag: str, slices: Slices, scheme: str, folds: in
                 "folds": {name: {"roles": roles}
                           for name, roles in assign(patients, scheme, folds, seed).items()}}
     return load_or_write(path, build, ident), path
-
-
-def split_id(split: dict, fold: str) -> str:
-    """Short hash of one fold's assignment: prediction files carry it, evaluation checks it."""
-    text = json.dumps({"scheme": split["scheme"], "seed": split["seed"],
-                       "fold": split["folds"][fold]}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def slice_roles(entry: dict, slices: Slices) -> np.ndarray:

@@ -82,7 +82,12 @@ class Run:
                                              self.summary["config"].get("name")]))
         self.scheme, self.fold = self.summary["split"], self.summary["fold"]
         self.seed = int(self.summary["seed"])
-        self.preds = load_predictions(folder / "predictions.npz", self.split["split_id"], data_tag)
+        path = folder / "predictions.npz"
+        recorded = self.summary.get("files", {}).get("predictions.npz")
+        if recorded and file_digest(path) != recorded:
+            raise cli.DataError(f"{path} is not the file {folder / 'summary.json'} was finished "
+                                "with (the folder mixes two runs): rerun that run")
+        self.preds = load_predictions(path, self.split["split_id"], data_tag)
         self.persons = self.split.get("persons") or {}
         if "roles" in self.split:     # record-level split: the file must match it exactly
             for role in ("val", "test"):

@@ -14,14 +14,12 @@ read it and refuse a file made from other data. Nothing re-derives a split from 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import DataError
-from common.splitfile import load_or_write
+from common.splitfile import load_or_write, split_id
 from q2_ecg.beats import BeatTable
 from q2_ecg.data import ECGRecords
 from q2_ecg.persons import group_persons
@@ -137,13 +135,6 @@ def make_split_file(records: ECGRecords, table: BeatTable, persons: np.ndarray, 
 def split_path(split_dir: Path, scheme: str, folds: int, seed: int) -> Path:
     name = f"kfold{folds}" if scheme == "kfold" else scheme
     return split_dir / f"{name}-seed{seed}.json"
-
-
-def split_id(split: dict, fold: str) -> str:
-    """Short hash of one fold's assignment: prediction files carry it, evaluation checks it."""
-    text = json.dumps({"scheme": split["scheme"], "seed": split["seed"],
-                       "fold": split["folds"][fold]}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def beat_role_array(split: dict, fold: str, records: ECGRecords, table: BeatTable) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import cli, runtime
+from common import cli, loop, runtime
 from common.checkpoint import load_weights
 from common.loop import Trainer, trainer
 from common.progress import progress
@@ -43,7 +43,10 @@ LODO_FOLDS = [db.removesuffix("_npy") for db in splits.DATABASES]
 MONITORED = ("abnormal_macro_f1", "macro_f1", "NOR_f1", "SVEB_f1", "VEB_f1", "normal_f1",
              "abnormal_f1", "abnormal_se", "abnormal_ppv")
 BATCH = {"cpu": 512, "cuda": 4096}     # --batch-beats auto, per device
+MIN_MONITOR_BEATS = 100
 PER_EPOCH = 30_000                       # --beats-per-epoch auto under --budget cpu
+BYTES_PER_BEAT = 400_000                 # training memory per beat of a batch at channels 32-64-128
+#                                          (measured: 0.35 MB in fp32, both models)
 BUDGETS = ("cpu", "full")                # --budget auto: full on CUDA, cpu on the CPU
 BASE_LR = 2e-3                         # --lr auto at the CPU batch
 
@@ -86,7 +89,8 @@ def parse_args(argv=None, kind: str | None = None):
                    help="RR features the model reads (q2_ecg.beats.RR_SETS; default: the "
                         "model's own)")
     p.add_argument("--max-monitor-beats", type=cli.count, default=None,
-                   help="score at most this many validation beats per epoch (quick runs)")
+                   help=f"score at most this many validation beats per epoch (quick runs; at "
+                        f"least {MIN_MONITOR_BEATS})")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoint.pt (starts afresh if there is none)")
     cli.add_compile_args(p)
@@ -101,6 +105,9 @@ def parse_args(argv=None, kind: str | None = None):
         p.error("--split beat has a single fold: drop --fold")
     if args.split == "kfold" and args.folds < 2:
         p.error("--folds must be at least 2")
+    if args.max_monitor_beats is not None and args.max_monitor_beats < MIN_MONITOR_BEATS:
+        p.error(f"--max-monitor-beats {args.max_monitor_beats}: fewer than {MIN_MONITOR_BEATS} "
+                "inner-validation beats cannot choose an epoch")
     resolve_device_defaults(args, kind or runtime.device_type(args.device))
     length = MODELS[args.model].context
     if args.batch_beats < length:
@@ -181,6 +188,9 @@ def setup(args) -> Setup:
     if args.beats_per_epoch == "auto":                           # --budget full: one pass
         args.beats_per_epoch = int(train.sum())
     config = {**vars(args), "data_tag": source.tag, "split_id": entry["split_id"]}
+    width = (args.channels or MODELS[args.model].channels)[0]
+    runtime.check_memory(args.batch_beats * BYTES_PER_BEAT * width // 32 + table.signal.nbytes,
+                         device, f"training at --batch-beats {args.batch_beats} and width {width}")
     dev = table_to_device(table, device)
     margs = model_args(args.model, rr_set=args.rr_set,
                        channels=tuple(args.channels) if args.channels else None)
@@ -265,6 +275,9 @@ def validate(s: Setup) -> dict:
 
 
 def train(args) -> dict:
+    if done := loop.finished_run(args, "q2", resolve_source(args.data), splits.split_path,
+                                 fold_name(args), run_folder_name(args), "beats_per_epoch"):
+        return done          # --resume on a finished run: read back, nothing trained
     s = setup(args)
     length = s.model.cfg.context
     chunks = max(1, args.batch_beats // length)
@@ -274,11 +287,6 @@ def train(args) -> dict:
           f"{count_parameters(s.model):,} parameters, {s.device}, {s.precision}, batch "
           f"{chunks * length} beats, lr {args.lr:.3g}{', compiled' if args.compile else ''}, "
           f"data: {s.meta['data_label']}\n  records/beats: {s.meta['split_counts']}")
-    done = s.book.finished(args.epochs)
-    if done:
-        print(f"  finished earlier (best epoch {done['best_epoch']} of {done['epochs_run']}): "
-              f"read back from {s.out}")
-        return done
     if args.dry_run:
         print(f"dry run: one batch, loss {train_step(s, chunks).item():.4f}")
         return {}

@@ -233,3 +233,61 @@ def test_ctrl_c_in_run_notebooks_is_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 130 and captured.out == "" and captured.err.strip().splitlines() == [
         "interrupted: the notebooks were not (all) executed; rerun make notebooks"]
     assert [child.waits for child in Child.started] == [2, 1]     # both waited for
+
+
+# ---------------------------------------------------------------- training that goes wrong
+
+def test_a_diverging_run_keeps_no_non_finite_weights(tmp_path, capsys):
+    """--lr 1e30 blows up the first epoch: one line, and no checkpoint or best weights of NaN
+    are written for --resume to continue from (before, an epoch of NaN weights was saved)."""
+    from q2_ecg import train as q2_train
+    from tests.conftest import Q2_KFOLD, Q2_TINY
+
+    args = Q2_TINY + [*Q2_KFOLD, "--fold", "0", "--lr", "1e30", "--results-root", str(tmp_path)]
+    code, err = run_cli(lambda: q2_train.train(q2_train.parse_args(args)), capsys)
+    assert code == 2 and ("diverged" in err or "non-finite" in err)
+    run = tmp_path / "q2" / "demo" / "resnet-kfold2-fold0-seed0"
+    for name in ("checkpoint.pt", "best.pt"):
+        if (run / name).exists():
+            state = torch.load(run / name, weights_only=False)
+            weights = state.get("model") or state["ema"]["shadow"]
+            assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    assert not (run / "summary.json").exists()
+
+
+def test_too_few_monitor_beats_and_an_oversized_batch_are_refused_before_training(
+        tmp_path, capsys, monkeypatch):
+    from q2_ecg import train as q2_train
+    from tests.conftest import Q2_KFOLD, Q2_TINY
+
+    base = Q2_TINY + [*Q2_KFOLD, "--fold", "0", "--results-root", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        q2_train.parse_args(base + ["--max-monitor-beats", "1"])
+    assert "--max-monitor-beats 1: fewer than 100 inner-validation beats cannot choose an epoch" \
+        in capsys.readouterr().err
+    monkeypatch.setattr("common.runtime.free_memory", lambda device: 2 * 10**9)   # a 2 GB machine
+    code, err = run_cli(lambda: q2_train.train(q2_train.parse_args(
+        base[:-4] + ["--batch-beats", "200000", *base[-4:]])), capsys)   # (flags after the tiny set)
+    assert code == 2 and err.startswith("error: training at --batch-beats 200000 and width 8 needs "
+                                        "about")
+    assert not list((tmp_path / "q2" / "demo").glob("resnet-*/checkpoint.pt"))
+
+
+def test_a_killed_rerun_leaves_no_mix_of_two_runs(tmp_path, monkeypatch):
+    """Finish a run, rerun it with another learning rate and kill it after its first epoch:
+    the folder holds the new run's checkpoint and history only, no summary or prediction of the
+    old run that evaluation could score beside them."""
+    from q1_mri import train as q1_train
+    from tests.conftest import Q1_TINY, interrupt_after_first_epoch
+
+    args = Q1_TINY + ["--model", "unet", "--fold", "0", "--results-root", str(tmp_path)]
+    q1_train.train(q1_train.parse_args(args))
+    run = tmp_path / "q1" / "demo" / "unet-kfold2-fold0-seed0"
+    assert (run / "summary.json").exists()
+    interrupt_after_first_epoch(monkeypatch, q1_train)
+    with pytest.raises(KeyboardInterrupt):
+        q1_train.train(q1_train.parse_args(args + ["--lr", "0.01"]))
+    assert {f.name for f in run.iterdir()} == {"split.json", "checkpoint.pt", "best.pt",
+                                               "history.csv"}
+    assert len(read_csv(run / "history.csv")) == 1
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["config"]["lr"] == 0.01
