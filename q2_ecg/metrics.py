@@ -104,12 +104,31 @@ class SelectionScore:
         return np.bincount(codes, minlength=(len(self.databases) + 1) * 9).reshape(-1, 3, 3)
 
     def __call__(self, pred: np.ndarray) -> float:
-        cm = self.confusions(pred)
+        return float(self.of_confusions(self.confusions(pred)[None])[0])
+
+    def of_confusions(self, cm: np.ndarray) -> np.ndarray:
+        """The score of each of J sets of confusion matrices (J, D + 1, 3, 3) -> (J,)."""
         if self.kind == "pooled":
-            return float(np.nan_to_num(summary_from_confusion(cm.sum(0))["abnormal_macro_f1"]))
-        s = summary_from_confusion(cm[:-1])
-        f1 = np.nan_to_num(np.stack([s["SVEB_f1"], s["VEB_f1"]], axis=1))   # (D, 2)
-        return float(np.mean((f1 * self.covered).sum(1) / self.covered.sum(1)))
+            return np.nan_to_num(summary_from_confusion(cm.sum(1))["abnormal_macro_f1"])
+        s = summary_from_confusion(cm[:, :-1])
+        f1 = np.nan_to_num(np.stack([s["SVEB_f1"], s["VEB_f1"]], axis=-1))   # (J, D, 2)
+        return ((f1 * self.covered).sum(-1) / self.covered.sum(-1)).mean(-1)
+
+    def along_thresholds(self, k: np.ndarray, sveb: np.ndarray, n: int) -> np.ndarray:
+        """(n, D + 1, 3, 3) confusion matrices of n decision rules that call row i VEB from
+        rule k[i] on (k (rows,) in 0..n) and, where they do not, SVEB if sveb[i], else normal:
+        every rule of a sweep at once, from counts (what makes the bias search fast)."""
+        groups = (len(self.databases) + 1) * 3
+        g = self.db_index * 3 + self.y
+        def from_k(mask):    # (G, n): rows of each group that rule j calls VEB
+            c = np.bincount(g[mask] * (n + 1) + k[mask], minlength=groups * (n + 1))
+            return c.reshape(groups, n + 1).cumsum(1)[:, :n]
+        veb, veb_and_sveb = from_k(np.ones(len(k), bool)), from_k(sveb)
+        total = np.bincount(g, minlength=groups)[:, None]
+        total_sveb = np.bincount(g[sveb], minlength=groups)[:, None]
+        pred1 = total_sveb - veb_and_sveb
+        cm = np.stack([total - veb - pred1, pred1, veb], axis=-1)           # (G, n, 3)
+        return cm.reshape(len(self.databases) + 1, 3, n, 3).transpose(2, 0, 1, 3)
 
     def per_database(self, pred: np.ndarray) -> dict[str, dict[str, float]]:
         """{database: {SVEB_f1, VEB_f1, SVEB_beats, VEB_beats}} (F1 NaN where undefined)."""
@@ -127,26 +146,34 @@ BIAS_FINE = np.linspace(-0.5, 0.5, 9)        # refined around the coarse optimum
 
 
 def tune_logit_bias(logits: np.ndarray, score) -> tuple[np.ndarray, np.ndarray]:
-    """Additive biases (0, b1, b2) for the SVEB and VEB logits maximising `score(pred)`.
+    """Additive biases (0, b1, b2) for the SVEB and VEB logits maximising a SelectionScore.
 
-    logits: (n, 3) log-probabilities (or logits) of validation beats; score: e.g. a
-    SelectionScore. Training re-weights classes, which shifts the decision boundary towards
-    the rare classes; these two numbers move it back to where the score is best. A coarse grid
-    (BIAS_COARSE, both axes) is searched, then a finer one around its optimum. Returns (the
-    bias (3,), the coarse grid's scores (17, 17), rows b1, columns b2): how flat the optimum
-    is, i.e. how much the choice matters.
+    logits: (n, 3) log-probabilities (or logits) of validation beats. Training re-weights
+    classes, which shifts the decision boundary towards the rare classes; these two numbers
+    move it back to where the score is best. A coarse grid (BIAS_COARSE, both axes) is searched,
+    then a finer one around its optimum. For a fixed b1, a beat is called VEB exactly when b2
+    exceeds its own threshold max(0, l1 + b1 - l0) - (l2 - l0), so a whole sweep over b2 is
+    scored from sorted thresholds at once (SelectionScore.along_thresholds): the same argmax
+    decisions as trying every pair, about 15x faster. Returns (the bias (3,), the coarse
+    grid's scores (17, 17), rows b1, columns b2): how flat the optimum is.
     """
-    def at(b1: float, b2: float) -> float:
-        return score((logits + np.array([0.0, b1, b2])).argmax(1))
-    coarse = np.array([[at(b1, b2) for b2 in BIAS_COARSE] for b1 in BIAS_COARSE])
+    d1 = (logits[:, 1] - logits[:, 0]).astype(np.float64)
+    d2 = (logits[:, 2] - logits[:, 0]).astype(np.float64)
+
+    def sweep(b1: float, b2s: np.ndarray) -> np.ndarray:
+        threshold = np.maximum(0.0, d1 + b1) - d2              # VEB where b2 > threshold
+        k = np.searchsorted(b2s, threshold, side="right")      # first rule calling it VEB
+        return score.of_confusions(score.along_thresholds(k, d1 + b1 > 0, len(b2s)))
+
+    coarse = np.array([sweep(b1, BIAS_COARSE) for b1 in BIAS_COARSE])
     i, j = np.unravel_index(np.argmax(coarse), coarse.shape)
     best, best_bias = coarse[i, j], np.array([0.0, BIAS_COARSE[i], BIAS_COARSE[j]])
     centre = best_bias.copy()
-    for d1 in BIAS_FINE:
-        for d2 in BIAS_FINE:
-            value = at(centre[1] + d1, centre[2] + d2)
+    for d1_step in BIAS_FINE:
+        values = sweep(centre[1] + d1_step, centre[2] + BIAS_FINE)
+        for d2_step, value in zip(BIAS_FINE, values):
             if value > best + 1e-9:
-                best, best_bias = value, np.array([0.0, centre[1] + d1, centre[2] + d2])
+                best, best_bias = value, np.array([0.0, centre[1] + d1_step, centre[2] + d2_step])
     return best_bias, coarse
 
 

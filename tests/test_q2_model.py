@@ -246,3 +246,20 @@ def test_selection_score_falls_back_to_pooled_and_says_why():
     assert scorer(pred) == pytest.approx(summary_from_confusion(confusion(y, pred))["abnormal_macro_f1"])
     few = SelectionScore(np.r_[y, [0] * 50, [1] * 5], np.r_[db, ["b"] * 55], ["a", "b"])
     assert few.kind == "pooled" and "fewer than 20" in few.reason      # b: 5 SVEB, 0 VEB
+
+
+def test_the_fast_bias_search_scores_every_pair_as_trying_it_would():
+    """The sweep over VEB biases from sorted thresholds gives, pair for pair, the score of
+    deciding every beat by argmax with those biases, and picks the same pair."""
+    from q2_ecg.metrics import BIAS_COARSE
+
+    rng = np.random.default_rng(3)
+    y = rng.choice(3, 3000, p=[0.85, 0.07, 0.08])
+    db = rng.choice(["a", "b"], 3000)
+    logits = rng.normal(0, 1.5, (3000, 3)) + 1.5 * np.eye(3)[y] + [0, 1.0, 0.5]
+    scorer = SelectionScore(y, db, ["a", "b"])
+    bias, grid = tune_logit_bias(logits, scorer)
+    exhaustive = np.array([[scorer((logits + [0, b1, b2]).argmax(1)) for b2 in BIAS_COARSE]
+                           for b1 in BIAS_COARSE])
+    np.testing.assert_allclose(grid, exhaustive)
+    assert scorer((logits + bias).argmax(1)) >= exhaustive.max() - 1e-12

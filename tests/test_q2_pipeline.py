@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from common.io import read_csv, read_json
+from common.io import read_csv, read_json, write_json
 from common.runs import RunError
 from q2_ecg import eval as q2_eval
 from q2_ecg import train as q2_train
@@ -153,6 +153,11 @@ def test_evaluation_refuses_a_prediction_file_of_another_split(evaluated, tmp_pa
     shutil.copytree(root, copy)
     fold0, fold1 = runs_of(copy, "resnet")
     shutil.copy(fold0 / "predictions.npz", fold1 / "predictions.npz")
+    with pytest.raises(q2_eval.cli.DataError, match="mixes two runs"):     # summary's digest
+        q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root", str(copy)]))
+    summary = read_json(fold1 / "summary.json")
+    summary.pop("files")                          # a run of older code, without digests
+    write_json(fold1 / "summary.json", summary)
     with pytest.raises(q2_eval.cli.DataError, match="made on split"):
         q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root", str(copy)]))
 
