@@ -29,7 +29,7 @@ SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 PORT      ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint q1 q1-ablations q1-final q2 q2-final q2-curves q2-ablations demo demo-q1 demo-q2 bench notebooks lab clean
+.PHONY: help setup test lint q1 q1-ablations q1-final q2 q2-final q2-curves q2-ablations demo demo-q1 demo-q2 bench notebooks summary lab clean
 
 ## List the targets
 help:
@@ -68,7 +68,7 @@ Q1_SPLIT_OF = split=$${Q1_SPLIT:-$$($(PYTHON) -c "from q1_mri.data import resolv
 q1: setup
 	$(PYTHON) -m q1_mri.eda --data "$(Q1_DATA)"
 	@set -e; $(Q1_SPLIT_OF); for seed in $(SEED_LIST); do \
-	  $(PYTHON) -m q1_mri.baselines --data "$(Q1_DATA)" --split $$split --folds $(Q1_FOLDS) --seed $$seed; \
+	  $(PYTHON) -m q1_mri.baselines --data "$(Q1_DATA)" --split $$split --folds $(Q1_FOLDS) --seed $$seed $(RESUME_FLAG); \
 	  for model in $(Q1_MODELS); do for fold in $$folds; do \
 	    echo "== q1 $$model $$split $$fold seed $$seed"; \
 	    $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model $$model --split $$split \
@@ -97,14 +97,14 @@ q1-final: setup
 q2: setup
 	$(PYTHON) -m q2_ecg.eda --data "$(Q2_DATA)"
 	@set -e; for seed in $(SEED_LIST); do \
-	  $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split kfold --folds $(Q2_FOLDS) --seed $$seed; \
+	  $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split kfold --folds $(Q2_FOLDS) --seed $$seed $(RESUME_FLAG); \
 	  for model in $(Q2_MODELS); do for fold in $$(seq 0 $$(($(Q2_FOLDS) - 1))); do \
 	    echo "== q2 $$model kfold fold $$fold seed $$seed"; \
 	    $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split kfold \
 	      --folds $(Q2_FOLDS) --fold $$fold --seed $$seed $(RESUME_FLAG) $(Q2_ARGS); \
 	  done; done; \
 	done
-	@set -e; $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split lodo; \
+	@set -e; $(PYTHON) -m q2_ecg.baselines --data "$(Q2_DATA)" --split lodo $(RESUME_FLAG); \
 	for model in $(Q2_MODELS); do for db in $(Q2_LODO); do \
 	  echo "== q2 $$model leave out $$db"; \
 	  $(PYTHON) -m q2_ecg.train --data "$(Q2_DATA)" --model $$model --split lodo --fold $$db \
@@ -143,16 +143,30 @@ q2-ablations: setup
 ## Both pipelines end to end on the built-in demo data, small settings (a few minutes on CPU)
 demo: demo-q1 demo-q2
 
+# the demo's small protocol (make demo trains it; make notebooks DATA=demo reads it back)
+DEMO_Q1 = Q1_FOLDS=2 Q1_WIDTHS= \
+  Q1_ARGS="--epochs 3 --slices-per-epoch 384 --base-channels 8 --monitor-slices 64 $(Q1_ARGS)"
+DEMO_Q2 = Q2_FOLDS=2 Q2_LODO=svdb Q2_RR_SETS= Q2_CURVE_EPOCHS=0 \
+  Q2_ARGS="--epochs 2 --beats-per-epoch 4000 --channels 16 16 32 $(Q2_ARGS)"
+
 demo-q1: setup
-	$(MAKE) q1 DATA=demo Q1_FOLDS=2 Q1_ARGS="--epochs 3 --slices-per-epoch 384 --base-channels 8 --monitor-slices 64 $(Q1_ARGS)"
+	$(MAKE) q1 DATA=demo $(DEMO_Q1)
 
 demo-q2: setup
-	$(MAKE) q2 DATA=demo Q2_FOLDS=2 Q2_LODO=svdb \
-	  Q2_ARGS="--epochs 2 --beats-per-epoch 4000 --channels 16 16 32 $(Q2_ARGS)"
+	$(MAKE) q2 DATA=demo $(DEMO_Q2)
 
-## Execute both notebooks in place on the results of Q1_DATA/Q2_DATA (default: best source with results)
+## Both questions' headline tables from their metrics.json (the README's results at a glance)
+summary: setup
+	$(PYTHON) -m tools.summary $(if $(filter-out auto,$(Q1_DATA)),--q1-data "$(Q1_DATA)",) \
+	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data "$(Q2_DATA)",)
+
+## Execute both notebooks in place: they run the protocol (finished runs are read back) on Q1_DATA/Q2_DATA
 notebooks: setup
-	$(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data "$(Q1_DATA)",) \
+	env Q1_MODELS="$(Q1_MODELS)" Q1_FOLDS=$(Q1_FOLDS) Q1_SPLIT="$(Q1_SPLIT)" Q1_WIDTHS="$(Q1_WIDTHS)" \
+	  Q1_ARGS="$(Q1_ARGS)" Q2_MODELS="$(Q2_MODELS)" Q2_FOLDS=$(Q2_FOLDS) Q2_LODO="$(Q2_LODO)" \
+	  Q2_LEAKY="$(Q2_LEAKY)" Q2_RR_SETS="$(Q2_RR_SETS)" Q2_CURVE_EPOCHS=$(Q2_CURVE_EPOCHS) \
+	  Q2_ARGS="$(Q2_ARGS)" $(if $(filter demo,$(DATA)),$(DEMO_Q1) $(DEMO_Q2)) \
+	  $(PYTHON) tools/run_notebooks.py $(if $(filter-out auto,$(Q1_DATA)),--q1-data "$(Q1_DATA)",) \
 	  $(if $(filter-out auto,$(Q2_DATA)),--q2-data "$(Q2_DATA)",)
 
 ## Open the notebooks in JupyterLab (kernel: .venv) on 127.0.0.1:PORT; from a laptop: ssh -L PORT:localhost:PORT server

@@ -135,6 +135,8 @@ def add_split_args(p: argparse.ArgumentParser, schemes: tuple[str, ...], folds: 
     p.add_argument("--split", choices=schemes, default=schemes[0])
     p.add_argument("--folds", type=count, default=folds, help="K of the k-fold scheme")
     p.add_argument("--seed", type=seed, default=0, help="the split's seed")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what was already written from this split file (read nothing)")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:

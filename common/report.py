@@ -1,19 +1,20 @@
-"""Helpers for the notebooks: pick the results to show, banners, Markdown tables.
-
-The notebooks never train; they read results/<question>/<source>/ and run the light EDA live.
-"""
+"""Helpers for the notebooks: pick the data and results folder, run the pipeline's stages from
+a cell (training resumes, so finished runs are read back; evaluation reruns only when stale),
+banners, listings and Markdown tables."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
-from collections import Counter
+import time
 from pathlib import Path
 
 from IPython.display import Code, Markdown
 
 from common.datasource import PROJECT_ROOT
-from common.io import read_json
-from common.results import RESULTS_ROOT
+from common.io import read_csv, read_json
+from common.results import RESULTS_ROOT, git_commit, inputs_digest, results_dir
 
 
 def results_root() -> Path:
@@ -46,15 +47,10 @@ def choose_source(question: str, spec: str | None = None) -> tuple[str, Path]:
     raise FileNotFoundError(f"no results under {root}: run `make {question}` (or `make demo`) first")
 
 
-def run_commits(results: Path) -> Counter:
-    """How many run folders under `results` were trained (or scored) at each commit."""
-    return Counter(read_json(p).get("git_commit", "unknown")
-                   for p in sorted(results.glob("*/summary.json")))
-
-
-def banner(metrics: dict, results: Path | None = None) -> Markdown:
-    """A box naming the data source and the code behind every number; loud when it is the
-    synthetic demo data or when a run was trained from uncommitted code."""
+def banner(metrics: dict) -> Markdown:
+    """A box naming the data source and the code behind every number: the commit that scored
+    them and the commit(s) the trained runs came from, in red when these are several or
+    uncommitted code; loud when it is the synthetic demo data."""
     label = metrics["data_label"]
     where = f"`{metrics['data_path']}`" if metrics.get("data_path") else metrics["data_source"]
     if metrics["data_source"] == "demo":
@@ -64,15 +60,85 @@ def banner(metrics: dict, results: Path | None = None) -> Markdown:
     else:
         text = (f"> **Data source:** {label} ({where}). Scored from the runs' prediction files by "
                 f"code at commit `{metrics['git_commit']}`, {metrics['created']}.")
-    commits = run_commits(results) if results is not None else Counter()
+    commits = metrics.get("trained_at", {})
     if commits:
         listed = ", ".join(f"`{c}` ({n} run{'s' * (n > 1)})" for c, n in sorted(commits.items()))
-        text += f"\n>\n> **Runs trained at:** {listed}."
-        dirty = sum(n for c, n in commits.items() if c.endswith("+dirty") or c == "unknown")
-        if dirty:
-            text += (f" **⚠ {dirty} run(s) were trained from uncommitted changes** (`+dirty`): "
-                     "the commit named is the closest one, not an exact record of their code.")
+        text += f"\n>\n> **Networks trained at:** {listed}."
+        if len(commits) > 1 or any(c.endswith("+dirty") or c == "unknown" for c in commits):
+            text += (' <span style="color:red">**⚠ These tables mix runs of several states of the '
+                     "code (or uncommitted code): rerun them at one commit.**</span>")
     return Markdown(text)
+
+
+def setting(name: str, default: str) -> str:
+    """A protocol setting the notebook shares with the Makefile (SEEDS, Q2_FOLDS, Q2_ARGS...):
+    the environment's value, even empty (`make notebooks` passes its own), else `default`."""
+    return os.environ.get(name, default)
+
+
+def quietly(fn, *args, **kwargs):
+    """(fn's result, what it printed): a stage run from a notebook cell without its log."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = fn(*args, **kwargs)
+    return result, buffer.getvalue()
+
+
+def run_all(question: str, train, flag_lists: list[list[str]], log: dict[str, str]) -> list[dict]:
+    """Train one run per flag list with `train` (a question's train module), or read it back
+    when it finished earlier (--resume reads a finished run's files, no data); show the first
+    run's epoch log as a table of the `log` columns ({history key: header}) and one line for
+    all. Returns the runs' summaries."""
+    summaries, fresh = [], 0
+    for k, flags in enumerate(flag_lists):
+        args = train.parse_args([*flags, "--resume"])
+        summary, printed = quietly(train.train, args)
+        fresh += "read back from" not in printed
+        summaries.append(summary)
+        if k == 0:
+            folder = results_dir(question, train.resolve_source(args.data),
+                                 args.results_root) / train.run_folder_name(args)
+            print(f"{folder.name}, epoch by epoch (inner-validation persons):")
+            print(epoch_table(read_csv(folder / "history.csv"), log))
+    hours = sum(s["wall_time_s"] for s in summaries) / 3600
+    epochs = [s["best_epoch"] for s in summaries]
+    first = summaries[0]
+    print(f"{len(summaries)} run{'s' * (len(summaries) > 1)} ({fresh} trained now, "
+          f"{len(summaries) - fresh} finished earlier and read back): best epochs "
+          f"{min(epochs)}-{max(epochs)}, {hours:.2f} h of training in all, "
+          f"{first['precision']} on {first['device']}")
+    return summaries
+
+
+def epoch_table(history: list[dict], columns: dict[str, str]) -> str:
+    """A run's history rows as fixed-width text: epoch and the `columns` ({key: header})."""
+    heads = ["epoch", *columns.values()]
+    widths = [max(len(h), 6) for h in heads]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
+    for row in history:
+        cells = [str(int(row["epoch"]))] + [f"{row[k]:.4g}" for k in columns]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def evaluate(evaluator, data: str, results: Path) -> dict:
+    """results/metrics.json from the evaluation stage `evaluator` (a question's eval module),
+    computed anew only when stale: missing, scored by other code, or over other runs or splits
+    (common.results.inputs_digest); otherwise read back."""
+    path = results / "metrics.json"
+    if path.exists():
+        metrics = read_json(path)
+        if (metrics.get("inputs_digest") == inputs_digest(results)
+                and metrics.get("git_commit") == git_commit()
+                and not git_commit().endswith("+dirty")):
+            print(f"metrics.json is current (scored at {metrics['git_commit']} from these "
+                  "runs): read back")
+            return metrics
+    t0 = time.time()
+    metrics, _ = quietly(evaluator.main, evaluator.parse_args(
+        ["--data", data, "--results-root", str(results.parents[1])]))
+    print(f"evaluated anew in {time.time() - t0:.0f} s: {path}")
+    return metrics
 
 
 def show_code(*objects) -> Code:
@@ -84,20 +150,6 @@ def show_code(*objects) -> Code:
         where = Path(inspect.getsourcefile(obj)).resolve().relative_to(PROJECT_ROOT)
         parts.append(f"# {where}, line {start}\n" + "".join(lines).rstrip())
     return Code("\n\n\n".join(parts), language="python")
-
-
-def settings_table(results: Path, runs: list[str], keys: list[str]) -> Markdown:
-    """Hyper-parameters of the named run folders, read from each run's saved summary.json
-    (its resolved command-line settings and model constructor arguments)."""
-    rows = []
-    for run in runs:
-        summary = read_json(results / run / "summary.json")
-        saved = {**summary.get("config", {}), **summary.get("model_args", {}),
-                 "precision": summary.get("precision"), "device": summary.get("device"),
-                 "parameters": summary.get("parameters")}
-        rows.append([run] + [f"{v:g}" if isinstance(v, float) else v
-                             for v in (saved.get(k) for k in keys)])
-    return table(["run"] + keys, rows)
 
 
 def table(headers: list[str], rows: list[list]) -> Markdown:
@@ -120,7 +172,3 @@ def with_ci(stat: dict, digits: int = 3) -> str:
     if low != low:  # NaN: no interval
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
-def project_path(*parts: str) -> Path:
-    return PROJECT_ROOT.joinpath(*parts)

@@ -44,13 +44,18 @@ def read_metrics(root: Path, evaluator: str) -> dict:
     return read_json(root / "metrics.json")
 
 
+CODE_PATHSPEC = (".", ":!results", ":!*.ipynb")   # what "+dirty" looks at: not the outputs
+
+
 def git_commit() -> str:
-    """Commit of the code that produced a result, with '+dirty' for uncommitted changes."""
+    """Commit of the code that produced a result, with '+dirty' for uncommitted changes to the
+    code (results and the executed notebooks, which the pipeline itself writes, do not count)."""
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=PROJECT_ROOT, capture_output=True,  # noqa: E731
                                         text=True, timeout=10)
         sha = run("rev-parse", "--short", "HEAD").stdout.strip()
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--",
+                    *CODE_PATHSPEC).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -78,3 +83,38 @@ def provenance(source: DataSource, device: torch.device | None, seed: int) -> di
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def inputs_digest(root: Path) -> str:
+    """SHA-256 over every run's summary.json (which names its prediction file by digest) and
+    every split file under `root`: what an evaluation of `root` was computed from. Evaluation
+    records it, so an unchanged metrics.json can be read back instead of recomputed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("*/summary.json"), *root.glob("splits/*.json")]):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def trained_at(root: Path) -> dict[str, int]:
+    """{commit: runs} of the trained runs under `root` (those with an epoch history; baselines
+    and ensembles, computed from files, are scored at evaluation's commit)."""
+    from collections import Counter
+
+    from common.io import read_json
+
+    summaries = (read_json(p) for p in sorted(root.glob("*/summary.json")))
+    return dict(Counter(s.get("git_commit", "unknown") for s in summaries if "epochs_run" in s))
+
+
+def inputs_record(root: Path) -> dict:
+    """What evaluation records of its inputs: their digest (inputs_digest) and the commits the
+    trained runs came from, with a warning printed when those are several commits or
+    uncommitted code (a table mixing them is not the result of one state of the code)."""
+    commits = trained_at(root)
+    if len(commits) > 1 or any(c.endswith("+dirty") or c == "unknown" for c in commits):
+        print(f"warning: the runs in {root} were trained at {len(commits)} states of the code "
+              f"({', '.join(f'{c}: {n}' for c, n in sorted(commits.items()))}); rerun them at "
+              "one commit for tables of one state of the code")
+    return {"inputs_digest": inputs_digest(root), "trained_at": commits}

@@ -65,3 +65,15 @@ def out_of_fold_problems(tested: dict[str, set[str]], expected_folds: int,
     if everyone is not None and len(seen) < everyone:
         problems.append(f"{everyone - len(seen)} of {everyone} {what} not predicted")
     return problems
+
+
+def written_from(split_file: Path, folders: Callable[[str], list[Path]]) -> bool:
+    """Whether every fold of `split_file` already has finished runs in `folders(fold)`, each
+    written from that fold of this split (its summary names the same split id): what a
+    deterministic stage (baselines) keeps under --resume. False when the file is missing."""
+    if not split_file.exists():
+        return False
+    split = read_json(split_file)
+    return all((f / "predictions.npz").exists() and (f / "summary.json").exists()
+               and read_json(f / "summary.json").get("split_id") == split_id(split, fold)
+               for fold in split["folds"] for f in folders(fold))

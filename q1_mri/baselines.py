@@ -18,6 +18,7 @@ from common import cli
 from common.io import write_json
 from common.results import provenance, results_dir
 from common.runs import locked, run_name
+from common.splitfile import written_from
 from q1_mri import splits
 from q1_mri.data import UNITS, Slices, load_mri, normalise, pool, resolve_source
 from q1_mri.prediction_file import save_predictions
@@ -88,10 +89,17 @@ def write_run(folder, slices: Slices, rows: np.ndarray, roles: np.ndarray, pred:
 def main(args) -> None:
     source = resolve_source(args.data)
     root = results_dir("q1", source, args.results_root)
+    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
+    name = lambda method, fold: run_name(method, scheme, fold if args.split == "kfold" else None,  # noqa: E731
+                                         f"seed{args.seed}")
+    split_file = splits.split_path(root / "splits", args.split, args.folds, args.seed)
+    if args.resume and written_from(split_file, lambda fold: [root / name(m, fold)
+                                                              for m in DESCRIPTIONS]):
+        print(f"baselines {scheme} seed {args.seed}: every fold written earlier, kept")
+        return
     slices = pool(load_mri(source))
     split, path = splits.open_split(root, source.tag, slices, args.split, args.folds, args.seed)
     t1, t2, mask = normalise(slices)
-    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
     for fold in split["folds"]:
         roles = splits.slice_roles(split["folds"][fold], slices)
         train = np.flatnonzero(roles == "train")
@@ -100,9 +108,7 @@ def main(args) -> None:
         lut = fit_lut(t1[train], t2[train], mask[train])
         entry = splits.run_entry(split, path, fold)
         for method, pred in predict_baselines(t1[rows], coef, lut).items():
-            write_run(root / run_name(method, scheme, fold if args.split == "kfold" else None,
-                                      f"seed{args.seed}"),
-                      slices, rows, roles[rows], pred, method, entry, source,
+            write_run(root / name(method, fold), slices, rows, roles[rows], pred, method, entry, source,
                       {"seed": args.seed, "split": args.split, "fold": fold,
                        "split_id": entry["split_id"],
                        "config": {"folds": args.folds, "seed": args.seed},

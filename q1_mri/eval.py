@@ -28,7 +28,7 @@ import numpy as np
 
 from common import cli
 from common.io import file_digest, read_json, savez, write_json
-from common.results import provenance, results_dir
+from common.results import inputs_record, provenance, results_dir
 from common.splitfile import out_of_fold_problems
 from q1_mri import patient_stats
 from q1_mri.data import UNITS, UNITS_TEXT, VIEWS, load_mri, pool, resolve_source
@@ -111,9 +111,10 @@ def patient_mean(values: np.ndarray, patient: np.ndarray) -> float:
 
 
 def choose_flip(rows: list[dict], exclude: set[str] = frozenset()) -> dict:
-    """Inner-validation SELECTION score without and with the flip, over the "val" rows of
-    `rows` whose patients are not in `exclude`; flip when it scores higher."""
-    out = {}
+    """Inner-validation SELECTION score without ("plain") and with the flip ("with_flip"),
+    over the "val" rows of `rows` whose patients are not in `exclude`; "flip": whether the
+    flip scores higher; "score": the score of that decision."""
+    scores = {}
     for variant in VARIANTS:
         values, patients = [], []
         for r in rows:
@@ -123,10 +124,10 @@ def choose_flip(rows: list[dict], exclude: set[str] = frozenset()) -> dict:
             values.append(r["scores"][variant][SELECTION][m])
             patients.append(r["patient"][m])
         if values:
-            out[variant] = patient_mean(np.concatenate(values), np.concatenate(patients))
-    out["flip"] = bool("flip" in out and out["flip"] > out["plain"])
-    out["score"] = out["flip" if out["flip"] else "plain"]
-    return out
+            scores[variant] = patient_mean(np.concatenate(values), np.concatenate(patients))
+    flip = bool("flip" in scores and scores["flip"] > scores["plain"])
+    return {"plain": scores["plain"], "with_flip": scores.get("flip"), "flip": flip,
+            "score": scores["flip" if flip else "plain"]}
 
 
 def evaluate_seed(runs: list[Run], truth: Truth) -> tuple[dict, dict]:
@@ -298,7 +299,8 @@ def main(args) -> dict:
                                                     n_patients)
     reference = REFERENCE if REFERENCE in methods else next(iter(methods))
     choice = final_choice(methods, run_root)
-    result = {**common_fields(source, truth), "headline_scheme": headline,
+    result = {**common_fields(source, truth), **inputs_record(run_root),
+              "headline_scheme": headline,
               "test_set": (f"every patient of {source.label}, out of fold" if headline == "kfold"
                            else f"the {headline} test patients of {source.label}"),
               "chosen_model": choice and choice["method"], "final_choice": choice,

@@ -176,21 +176,22 @@ def predicted(root: Path, entry: dict, rows: dict, picked: np.ndarray) -> np.nda
     return np.stack(out)
 
 
-def write_all(root: Path, truth: Truth, result: dict, source_label: str) -> None:
-    """Every Q1 result figure of the results folder `root` (metrics.json written)."""
-    folder = root / "figures"
+def build_all(root: Path, truth: Truth, result: dict) -> dict[str, tuple[plt.Figure, str]]:
+    """{file name: (figure, title)} of every Q1 result figure of the results folder `root`
+    (metrics.json written): what write_all saves and the notebook shows."""
+    out = {}
     methods = {m: e for m, e in result["methods"].items() if not e["problems"]} or result["methods"]
     curves = {m: histories(root, e) for m, e in methods.items()
               if m.split("-")[0] not in ("identity", "linear", "lut")}
     curves = {m: h for m, h in curves.items() if h}
     if curves:
-        save_figure(plot_curves(curves), folder / "curves.png",
-                    "Training curves (EMA weights scored after each epoch)", source_label)
+        out["curves.png"] = (plot_curves(curves),
+                             "Training curves (EMA weights scored after each epoch)")
     shown = [m for m in (result.get("chosen_model"), result["paired"]["reference"])
              if m in methods and (root / "oof" / f"{m}.npz").exists()]
     shown = list(dict.fromkeys(shown))
     if not shown:
-        return
+        return out
     oof = {m: dict(np.load(root / "oof" / f"{m}.npz")) for m in shown}
     rows = oof[shown[0]]["idx"]
     for m in shown[1:]:
@@ -211,11 +212,18 @@ def write_all(root: Path, truth: Truth, result: dict, source_label: str) -> None
         fig = plot_slices(s, i, scaled(s.t1[i], mask), scaled(s.t2[i], mask), preds,
                           {m: ssim[m][picked] for m in shown})
         fig.suptitle(title)
-        save_figure(fig, folder / name, title, source_label)
+        out[name] = (fig, title)
     reference = result["paired"]["reference"]
     if reference in methods and len(methods) > 1:
-        save_figure(plot_patients(methods, reference), folder / "per_patient.png",
-                    f"Brain SSIM per patient against {reference} ({SCALE} units)", source_label)
+        out["per_patient.png"] = (plot_patients(methods, reference),
+                                  f"Brain SSIM per patient against {reference} ({SCALE} units)")
+    return out
+
+
+def write_all(root: Path, truth: Truth, result: dict, source_label: str) -> None:
+    """Save every figure of build_all under root/figures/."""
+    for name, (fig, title) in build_all(root, truth, result).items():
+        save_figure(fig, root / "figures" / name, title, source_label)
 
 
 def parse_args(argv=None):

@@ -1,26 +1,40 @@
-"""Q1 tables for the notebook, built from results/q1/<source>/metrics.json (q1_mri.eval).
+"""Q1 tables for the notebook, built from results/q1/<source>/metrics.json (q1_mri.eval) and
+eda_stats.json; the notebook's offline twin of the template's loading cells.
 
 Every number is a mean over patients of per-patient means, in metrics.SLICE_SCALE units.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 from IPython.display import Markdown
 
-from common.datasource import DataSource, require_hub
+from common.datasource import cache_dir
 from common.report import table
-from q1_mri.data import REPO_ID, SPLITS, VIEWS, MRISplit, parquet_files
+from q1_mri.data import SPLITS, parquet_files, resolve_source
 from q1_mri.demo import make_demo_mri
+from q1_mri.eval import BASELINES, REFERENCE, SOLUTIONS
 
-LABELS = {"masked_ssim": "SSIM", "masked_psnr": "PSNR (dB)", "masked_mae": "MAE",
-          "ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
+LABELS = {"masked_ssim": "SSIM", "masked_psnr": "PSNR (dB)", "masked_mae": "MAE"}
+KEYS = tuple(LABELS)
 
 
-def counts_table(splits: dict[str, MRISplit]) -> Markdown:
-    rows = [[s, len(np.unique(splits[s].patient_id)), len(splits[s])]
-            + [int((splits[s].view == v).sum()) for v in VIEWS] for s in SPLITS if s in splits]
-    return table(["split", "patients", "slices"] + list(VIEWS), rows)
+def local_files(spec: str) -> dict[str, list[str]]:
+    """{split: parquet files in the Hub's schema} of an offline source: a local folder, or the
+    demo slices, written once to the cache as parquet. What the notebook's loading cell hands
+    to the same `load_dataset("parquet", ...)` call the Hub copy answers."""
+    source = resolve_source(spec)
+    if source.kind == "hub":
+        raise ValueError("the Hub is loaded by the template's own call, not from local files")
+    if source.kind == "folder":
+        return parquet_files(source.path)
+    folder = cache_dir() / "demo-mri-parquet"
+    if not all((folder / f"{s}.parquet").exists() for s in SPLITS):
+        from datasets import Dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, arrays in make_demo_mri().items():
+            Dataset.from_dict({k: list(v) for k, v in arrays.items()}).to_parquet(
+                str(folder / f"{split}.parquet"))
+    return {s: [str(folder / f"{s}.parquet")] for s in SPLITS}
 
 
 def intensity_table(stats: dict) -> Markdown:
@@ -37,23 +51,6 @@ def intensity_table(stats: dict) -> Markdown:
                  rows)
 
 
-def models_table(metrics: dict) -> Markdown:
-    """What each method is, what it cost (training time summed over the folds), its best
-    epochs and the inner-validation score that chose its flip and the deployed model."""
-    rows = [[name, m.get("parameters"), " / ".join(str(e) for e in m["best_epoch"].values()),
-             m.get("wall_time_s") or None, m.get("slices_per_s"), m["inner_validation"]["score"],
-             "yes" if m["inner_validation"]["flip"] else "no", m["description"]]
-            for name, m in metrics["methods"].items()]
-    return table(["method", "parameters", "best epoch per fold", "training time, all folds (s)",
-                  "slices/s", "inner-validation brain SSIM", "flip", "what it is"], rows)
-
-
-def complete(metrics: dict) -> dict:
-    """The methods whose every fold ran: the headline tables. An ablation run on some folds
-    only (e.g. unet-wide) appears in the paired comparison, over the patients it predicted."""
-    return {n: m for n, m in metrics["methods"].items() if not m.get("problems")}
-
-
 def _stat(s: dict, digits: int) -> str:
     """'0.812 (0.790–0.830)' with a patient-bootstrap interval, else '0.812 ± 0.020' (sd over
     patients)."""
@@ -64,67 +61,96 @@ def _stat(s: dict, digits: int) -> str:
     return f"{s['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd == sd and sd is not None else "")
 
 
-def metrics_table(metrics: dict, masked: bool = True) -> Markdown:
-    """Mean over patients of per-patient means, overall and per view, with a 95 % patient
-    bootstrap interval (>= 5 patients) or ± sd over patients."""
-    scale = metrics["scale"]
-    keys = [f"{'masked_' if masked else ''}{k}" for k in ("ssim", "psnr")] + (
-        ["masked_mae"] if masked else [])
-    rows = []
+def _digits(key: str) -> int:
+    return 2 if "psnr" in key else 3
+
+
+def _order(name: str) -> tuple:
+    base = name.split("-")[0]
+    return (base not in BASELINES, base != REFERENCE, base in SOLUTIONS, name)
+
+
+def complete(metrics: dict) -> dict:
+    """The methods whose every fold ran, in reading order: baselines, the reference, our
+    solutions (width variants run on some folds only appear in the choices)."""
+    return {n: metrics["methods"][n] for n in sorted(metrics["methods"], key=_order)
+            if not metrics["methods"][n].get("problems")}
+
+
+def headline_table(metrics: dict) -> Markdown:
+    """Out of fold over every patient: brain SSIM, PSNR and MAE, mean over patients with a 95 %
+    patient-bootstrap interval; the range over seeds where there are several; the training
+    time summed over the folds."""
+    scale, rows = metrics["scale"], []
+    chosen = metrics.get("chosen_model")
     for name, m in complete(metrics).items():
-        for view, agg in [("all", m["overall"]), *m["per_view"].items()]:
-            rows.append([name, view] + [_stat(agg[k], 2 if "psnr" in k else 3) for k in keys])
-    region = "brain" if masked else "whole image"
-    return table(["method", "view"] + [f"{LABELS[k]} ({region}, {scale})" for k in keys], rows)
-
-
-def patient_table(metrics: dict, key: str = "masked_ssim") -> Markdown:
-    """One row per patient: its fold, slices and `key` under every method."""
-    methods = complete(metrics)
-    tables = [m["per_patient"] for m in methods.values()]
-    patients = sorted(set().union(*tables))
-    info = {p: next(t[p] for t in tables if p in t) for p in patients}
-    rows = [[p, info[p].get("fold", "–"), info[p]["slices"]]
-            + [t.get(p, {}).get(key) for t in tables] for p in patients]
-    return table(["patient", "fold", "slices"] + [f"{m}" for m in methods], rows)
+        seeds = m["seed_summary"]["masked_ssim"]["seeds"]
+        spread = (f"{seeds} seeds: SSIM {m['seed_summary']['masked_ssim']['min']:.3f}–"
+                  f"{m['seed_summary']['masked_ssim']['max']:.3f}" if seeds > 1 else "1 seed")
+        hours = m.get("wall_time_s") or 0
+        rows.append([name + (" (chosen)" if name == chosen else ""), m.get("parameters")]
+                    + [_stat(m["overall"][k], _digits(k)) for k in KEYS]
+                    + [spread, f"{hours / 3600:.2f} h" if hours else "–"])
+    return table(["method", "parameters"] + [f"brain {LABELS[k]} ({scale})" for k in KEYS]
+                 + ["seeds", "training (all folds)"], rows)
 
 
 def paired_table(metrics: dict) -> Markdown:
-    """Each method minus the reference, paired per patient: mean difference (interval or sd)
-    and how many patients improve, for brain SSIM, PSNR and MAE."""
+    """Each complete method minus the reference, paired per patient: mean difference (interval
+    or sd) and how many patients improve, for brain SSIM, PSNR and MAE."""
     scale = metrics["scale"]
     ref = metrics["paired"]["reference"]
     rows = []
-    for name, by_key in metrics["paired"]["methods"].items():
+    names = [n for n in complete(metrics) if n in metrics["paired"]["methods"]]
+    for name in names:
         row = [f"{name} − {ref}"]
-        for k in ("masked_ssim", "masked_psnr", "masked_mae"):
-            p = by_key[k]
-            digits = 2 if "psnr" in k else 3
-            row.append(f"{_stat({'mean': p['mean_diff'], 'sd': p['sd_diff'], 'ci95': p['ci95']}, digits)}"
+        for k in KEYS:
+            p = metrics["paired"]["methods"][name][k]
+            row.append(f"{_stat({'mean': p['mean_diff'], 'sd': p['sd_diff'], 'ci95': p['ci95']}, _digits(k))}"
                        f"; {p['improved']}/{p['patients']} better")
         rows.append(row)
-    return table(["comparison"] + [f"Δ {LABELS[k]} (brain, {scale})"
-                                   for k in ("masked_ssim", "masked_psnr", "masked_mae")], rows)
+    return table(["comparison"] + [f"Δ brain {LABELS[k]} ({scale})" for k in KEYS], rows)
 
 
-def template_datasets(source: DataSource) -> dict:
-    """The template's loading cells on any source, as `datasets.Dataset` per split.
-
-    Hub: the provided `load_dataset(REPO_ID, split=...)`. A local folder in the Hub's schema:
-    the same `load_dataset`, on its parquet files. Demo: the synthetic arrays as a Dataset.
-    """
-    from datasets import Dataset, load_dataset
-
-    if source.kind == "hub":
-        require_hub(REPO_ID)
-        return {s: load_dataset(REPO_ID, split=s) for s in SPLITS}
-    if source.kind == "folder":
-        return dict(load_dataset("parquet", data_files=parquet_files(source.path)))
-    demo = make_demo_mri()
-    return {s: Dataset.from_dict({k: list(v) for k, v in demo[s].items()}) for s in SPLITS}
+def view_table(metrics: dict) -> Markdown:
+    """Brain SSIM and PSNR per view of the chosen model and the reference (mean over the
+    patients with slices of that view)."""
+    names = [n for n in (metrics.get("chosen_model"), metrics["paired"]["reference"])
+             if n in metrics["methods"]]
+    rows = [[name, view] + [_stat(agg[k], _digits(k)) for k in ("masked_ssim", "masked_psnr")]
+            for name in names for view, agg in metrics["methods"][name]["per_view"].items()]
+    return table(["method", "view", "brain SSIM", "brain PSNR (dB)"], rows)
 
 
-def to_tensors(batch: dict) -> dict:
-    """The template's per-item transform: image fields as float32 tensors (1, 64, 64)."""
-    return {k: [torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in v]
-            if k in ("t1", "t2") else v for k, v in batch.items()}
+def choices_table(metrics: dict) -> Markdown:
+    """Every choice with its candidates: the inner-validation brain SSIM that decided it (mean
+    over the folds' inner-validation patients; mean over seeds), and beside it what the test
+    patients said afterwards (out-of-fold brain SSIM; never used to choose). Width variants ran
+    on some folds only: their out-of-fold value covers those folds' patients."""
+    choice, methods = metrics["final_choice"], metrics["methods"]
+    rows = []
+    for name, score in sorted(choice["inner_val_scores"].items(), key=lambda kv: -kv[1]):
+        m = methods[name]
+        width = (m.get("model_args") or {}).get("base_channels")
+        rows.append(["model and width", f"{name} (width {width})", score,
+                     m["overall"]["masked_ssim"]["mean"], name == choice["method"]])
+    for name in [n for n in complete(metrics) if n.split("-")[0] not in BASELINES]:
+        iv = methods[name]["inner_validation"]
+        if iv.get("with_flip") is not None:
+            for label, value, used in (("no flip", iv["plain"], not iv["flip"]),
+                                       ("averaged with the flip", iv["with_flip"], iv["flip"])):
+                rows.append([f"test-time left-right flip ({name})", label, value, None, used])
+    partial = [n for n in methods if methods[n].get("problems")]
+    note = (f" ({', '.join(partial)}: some folds only)" if partial else "")
+    return table(["choice", "candidate", "inner-validation brain SSIM", "out-of-fold brain SSIM"
+                  + note, "used"], [r[:-1] + ["✔" if r[-1] else ""] for r in rows])
+
+
+def worst_patients(metrics: dict, n: int = 3) -> str:
+    """One line: the chosen model's lowest and highest patients by brain SSIM (median seed)."""
+    per = metrics["methods"][metrics["chosen_model"]]["per_patient"]
+    order = sorted(per, key=lambda p: per[p]["masked_ssim"])
+    show = lambda ps: ", ".join(f"{p} {per[p]['masked_ssim']:.3f}" for p in ps)  # noqa: E731
+    return (f"{metrics['chosen_model']}, brain SSIM per patient: lowest {show(order[:n])}; "
+            f"highest {show(order[-n:])}; median {np.median([v['masked_ssim'] for v in per.values()]):.3f}")
+

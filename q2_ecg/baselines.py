@@ -18,6 +18,7 @@ from common import cli
 from common.io import write_json
 from common.results import provenance, results_dir
 from common.runs import locked, run_name
+from common.splitfile import written_from
 from q2_ecg import splits
 from q2_ecg.beats import RR_NAMES, RR_SETS, build_table
 from q2_ecg.data import load_records, resolve_source
@@ -32,6 +33,7 @@ def parse_args(argv=None):
 
 
 BASELINE_FEATURES = {"rr-logistic": "sinus", "rr-record-logistic": "record"}
+METHODS = (*BASELINE_FEATURES, "majority")
 
 
 def rr_logistic(rr: np.ndarray, y: np.ndarray, train: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -44,11 +46,16 @@ def rr_logistic(rr: np.ndarray, y: np.ndarray, train: np.ndarray, rows: np.ndarr
 def main(args) -> None:
     source = resolve_source(args.data)
     root = results_dir("q2", source, args.results_root)
+    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
+    split_file = splits.split_path(root / "splits", args.split, args.folds, args.seed)
+    if args.resume and written_from(split_file, lambda fold: [
+            root / run_name(m, scheme, fold, f"seed{args.seed}") for m in METHODS]):
+        print(f"baselines {scheme} seed {args.seed}: every fold written earlier, kept")
+        return
     records = load_records(source)
     table = build_table(records)
     split, path, _ = splits.open_split(root, source.tag, records, table, args.split, args.folds,
                                        args.seed)
-    scheme = f"kfold{args.folds}" if args.split == "kfold" else args.split
     for fold in split["folds"]:
         roles = splits.beat_role_array(split, fold, records, table)
         train = np.flatnonzero(table.scored & (roles == "train"))

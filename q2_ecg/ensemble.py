@@ -6,7 +6,8 @@ probabilities, fold by fold, written as runs of their own.
 For every split, fold and seed on which every member has a prediction file, this writes
 `ensemble-<scheme>-<fold>-seed<s>/` with the members' split.json, a predictions.npz whose
 probabilities (and adapted probabilities) are the members' normalised geometric mean, and a
-summary naming the members and their best epochs. Evaluation scores it like any run: its
+summary naming the members, their prediction files (SHA-256) and best epochs; a fold written
+earlier from the same member files is kept. Evaluation scores it like any run: its
 decision biases are tuned on its own inner-validation rows, so it competes for the final model
 on the same footing. It trains nothing and reads prediction files only.
 """
@@ -17,7 +18,7 @@ from collections import defaultdict
 import numpy as np
 
 from common import cli
-from common.io import read_json, write_json
+from common.io import file_digest, read_json, write_json
 from common.results import provenance, results_dir
 from common.runs import locked, run_name
 from q2_ecg.data import resolve_source
@@ -69,27 +70,34 @@ def main(args) -> int:
     if not groups:
         raise cli.DataError(f"no fold in {root} has prediction files of all of {list(MEMBERS)}: "
                             "train them first (make q2)")
+    kept = 0
     for (split, folds, fold, seed), folders in sorted(groups.items()):
         summaries = {m: read_json(f / "summary.json") for m, f in folders.items()}
+        member_files = {m: file_digest(f / "predictions.npz") for m, f in folders.items()}
+        scheme = f"kfold{folds}" if split == "kfold" else split
+        out = root / run_name(NAME, scheme, None if split == "beat" else fold, f"seed{seed}")
+        if (out / "summary.json").exists() and (out / "predictions.npz").exists() and read_json(
+                out / "summary.json").get("member_files") == member_files:
+            kept += 1            # written earlier from these very member files
+            continue
         split_file = read_json(folders[MEMBERS[0]] / "split.json")
         preds = combine([load_predictions(folders[m] / "predictions.npz", split_file["split_id"],
                                           source.tag) for m in MEMBERS])
-        scheme = f"kfold{folds}" if split == "kfold" else split
         first = summaries[MEMBERS[0]]
-        with locked(root / run_name(NAME, scheme, None if split == "beat" else fold,
-                                    f"seed{seed}")) as folder:
+        with locked(out) as folder:
             write_json(folder / "split.json", split_file)
             save_rows(folder / "predictions.npz", preds)
             write_json(folder / "summary.json", {
                 **provenance(source, None, seed), "model": NAME, "split": split, "fold": fold,
                 "split_id": split_file["split_id"], "config": {"name": None, "folds": folds},
-                "members": {m: f.name for m, f in folders.items()},
+                "members": {m: f.name for m, f in folders.items()}, "member_files": member_files,
                 "member_epochs": {m: s.get("best_epoch") for m, s in summaries.items()},
                 "best_epoch": None, "split_counts": first.get("split_counts"),
                 "parameters": sum(s.get("parameters", 0) for s in summaries.values()),
                 "precision": first.get("precision"), "device": first.get("device"),
                 "wall_time_s": float(sum(s.get("wall_time_s", 0) for s in summaries.values()))})
-    print(f"ensemble of {' and '.join(MEMBERS)}: {len(groups)} folds written under {root}")
+    print(f"ensemble of {' and '.join(MEMBERS)}: {len(groups) - kept} folds written, {kept} "
+          f"kept (written earlier from the same member files) under {root}")
     return len(groups)
 
 

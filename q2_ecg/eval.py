@@ -30,7 +30,7 @@ import numpy as np
 
 from common import cli
 from common.io import file_digest, read_json, savez, write_json
-from common.results import provenance, results_dir
+from common.results import inputs_record, provenance, results_dir
 from common.splitfile import out_of_fold_problems
 from common.stats import bootstrap_additive
 from q2_ecg.beats import RR_NAMES, build_table
@@ -297,11 +297,11 @@ def check_out_of_fold(runs: list[Run], expected_folds: int) -> list[str]:
 
 
 def seeds_summary(per_seed: dict[str, dict]) -> dict:
-    """Median and range over seeds of the pooled headline values and of each database's
-    SVEB / VEB F1 (keys "<db>_SVEB_f1")."""
+    """Median and range over seeds of every pooled value (REPORTED, AUROC, AUPRC) and of each
+    database's SVEB / VEB F1 and AUROC (keys "<db>_SVEB_f1")."""
     values = defaultdict(list)
     for s in per_seed.values():
-        for k in HEADLINE:
+        for k in (*REPORTED, "auroc", "auprc"):
             if k in s["pooled"]:
                 values[k].append(s["pooled"][k]["value"])
         for db, d in s["per_database"].items():
@@ -430,7 +430,7 @@ def main(args) -> dict:
     run_root = results_dir("q2", source, args.results_root)
     models, oof = evaluate_source(run_root, source.tag)
     choice = final_choice(models.get("kfold", {}), run_root)
-    result = {**provenance(source, None, 0),
+    result = {**provenance(source, None, 0), **inputs_record(run_root),
               "protocol": __doc__.split("Protocol: ")[1].strip(),
               "headline_scheme": "kfold", "chosen_model": choice and choice["model"],
               "final_choice": choice, "headline": headline(models, choice and choice["model"]),

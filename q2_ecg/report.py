@@ -1,4 +1,5 @@
-"""Q2 tables for the notebook, built from results/q2/<source>/metrics.json."""
+"""Q2 tables for the notebook, built from results/q2/<source>/metrics.json (q2_ecg.eval) and the
+runs' own files; the notebook's offline twin of the template's loading cell."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,40 @@ from pathlib import Path
 import numpy as np
 from IPython.display import Markdown
 
-from common.datasource import DataSource, require_hub
+from common.datasource import cache_dir
+from common.io import read_csv, write_json
 from common.report import table, with_ci
-from q2_ecg.data import CLASS_MAPPING, REPO_ID, keep_by_length, parquet_files
+from q2_ecg.data import CLASS_MAPPING, keep_by_length, parquet_files, resolve_source
 from q2_ecg.demo import make_demo_ecg
-from q2_ecg.metrics import label
+from q2_ecg.eval import SOLUTIONS
 
-METRIC_NAMES = {"se": "Se (recall)", "ppv": "+P (precision)", "f1": "F1", "sp": "Sp"}
+GROUPS = [(g, k) for g in ("normal", "abnormal") for k in ("se", "ppv", "f1")]
+NAMES = {"se": "Se", "ppv": "+P", "f1": "F1", "sp": "Sp"}
+
+
+def local_files(spec: str) -> tuple[list[str], Path]:
+    """(parquet files in the Hub's schema, class_mapping.json) of an offline source: a local
+    folder (its mapping file, or the standard mapping written beside the cache when it has
+    none), or the demo records, written once to the cache as parquet. What the notebook's
+    loading cell hands to the same `load_dataset("parquet", ...)` call the Hub copy answers."""
+    source = resolve_source(spec)
+    if source.kind == "hub":
+        raise ValueError("the Hub is loaded by the template's own call, not from local files")
+    folder = source.path if source.kind == "folder" else cache_dir() / "demo-ecg-parquet"
+    mapping = folder / "class_mapping.json"
+    if source.kind != "folder" and not (folder / "train.parquet").exists():
+        from datasets import Dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(make_demo_ecg()).to_parquet(str(folder / "train.parquet"))
+    if not mapping.exists():
+        mapping = cache_dir() / "class_mapping.json"
+        write_json(mapping, {str(k): v for k, v in CLASS_MAPPING.items()})
+    return parquet_files(folder), mapping
+
+
+def read_mapping(path: str | Path) -> dict[int, str]:
+    """{0: 'NOR', ...} from the data's class_mapping.json."""
+    return {int(k): v for k, v in json.loads(Path(path).read_text()).items()}
 
 
 def filter_table(labels: np.ndarray, lengths: np.ndarray) -> Markdown:
@@ -24,159 +52,160 @@ def filter_table(labels: np.ndarray, lengths: np.ndarray) -> Markdown:
     return table(["class", "segments", "kept (32..256 samples)", "dropped"], rows)
 
 
-def alignment_table(eda_stats: dict) -> Markdown:
-    """Per database: distance from annotation to QRS peak, from eda_stats.json."""
-    rows = [[db, v["annotations"], f"{v['median_abs_offset_ms']:.1f}",
-             f"{100 * v['within_2_samples']:.0f} %"]
-            for db, v in eda_stats["annotation_alignment"].items()]
-    return table(["database", "annotations", "median distance to the peak (ms)",
-                  "within 2 samples (16 ms)"], rows)
-
-
-def _first_seed(entry: dict) -> dict:
+def _first(entry: dict) -> dict:
     return entry["seeds"][min(entry["seeds"], key=int)]
 
 
-def _headline(metrics: dict) -> list[tuple[str, dict]]:
-    """k-fold methods whose every fold ran (incomplete ones appear only where said); named
-    variants of a model (the ablations) have a table of their own."""
-    return [(n, m) for n, m in metrics["models"]["kfold"].items()
-            if not _first_seed(m).get("problems") and not m.get("variant")]
+def _spread(s: dict | None) -> str | None:
+    """'0.577 (0.547–0.583)': median and range over seeds (the median alone for one seed)."""
+    if not s:
+        return None
+    if s["seeds"] == 1:
+        return f"{s['median']:.3f}"
+    return f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
 
 
-def split_table(metrics: dict) -> Markdown:
-    """Records and beats per role in every fold of the chosen model's first seed."""
-    seed = _first_seed(metrics["models"]["kfold"][metrics["chosen_model"]])
-    rows = [[fold, role, c["records"], c["beats"], c["NOR"], c["SVEB"], c["VEB"]]
-            for fold, counts in seed["split_counts"].items() for role, c in counts.items()]
-    return table(["fold", "role", "records", "beats", "NOR", "SVEB", "VEB"], rows)
+def headline_methods(metrics: dict) -> list[str]:
+    """The k-fold methods of the headline, baselines first: every fold ran, no named variant,
+    and not the majority baseline (it calls every beat normal: abnormal F1 0 by design)."""
+    kfold = metrics["models"]["kfold"]
+    names = [n for n, e in kfold.items() if not e.get("variant") and n != "majority"
+             and not any(s.get("problems") for s in e["seeds"].values())]
+    return sorted(names, key=lambda n: (n in SOLUTIONS, SOLUTIONS.index(n) if n in SOLUTIONS else 0))
 
 
-def models_table(metrics: dict) -> Markdown:
-    """Size, cost, chosen epochs and the inner-validation score that chose the model."""
+def headline_table(metrics: dict) -> Markdown:
+    """Out of fold over every record, normal (class 0) and abnormal (1-2) beats reported
+    separately, then per class and the ranking: median (range) over seeds."""
     rows = []
-    for name, m in _headline(metrics):
-        seed = _first_seed(m)
-        epochs = [e for e in seed["best_epoch"].values() if e]
-        rows.append([name, m.get("parameters"), " / ".join(str(e) for e in epochs) or None,
-                     seed["wall_time_s"] or None, seed["rule"]["score"], m["description"]])
-    return table(["method", "parameters", "best epoch per fold", "training time, all folds (s)",
-                  "inner-validation selection score", "what it is"], rows)
+    chosen = metrics["chosen_model"]
+    for name in headline_methods(metrics):
+        e = metrics["models"]["kfold"][name]
+        s = e["seed_summary"]
+        rows.append([name + (" (chosen)" if name == chosen else ""), len(e["seeds"])]
+                    + [_spread(s.get(f"{g}_{k}")) for g, k in GROUPS]
+                    + [_spread(s.get(k)) for k in ("SVEB_f1", "VEB_f1", "auroc")])
+    return table(["method", "seeds"] + [f"{g} {NAMES[k]}" for g, k in GROUPS]
+                 + ["SVEB F1", "VEB F1", "AUROC normal vs abnormal"], rows)
 
 
-def group_table(metrics: dict, group: str) -> Markdown:
-    """Se, +P, F1, Sp of `group` ('normal' or 'abnormal'), out of fold (first seed), with 95 %
-    intervals from resampling records."""
-    rows = []
-    for name, m in _headline(metrics):
-        t = _first_seed(m)["pooled"]
-        rows.append([name] + [with_ci(t[f"{group}_{k}"]) if f"{group}_{k}" in t else None
-                              for k in METRIC_NAMES])
-    return table(["method"] + [f"{group} {v}" for v in METRIC_NAMES.values()], rows)
+def intervals(metrics: dict, method: str) -> str:
+    """One line: `method`'s first seed, pooled out of fold, with 95 % intervals from resampling
+    persons (a person's beats are not independent draws)."""
+    pooled = _first(metrics["models"]["kfold"][method])["pooled"]
+    keys = ["normal_f1", "abnormal_f1", "SVEB_f1", "VEB_f1", "auroc"]
+    return (f"{method}, seed {min(metrics['models']['kfold'][method]['seeds'], key=int)}, 95 % "
+            f"intervals from resampling {pooled['persons']} persons: "
+            + "; ".join(f"{k.replace('_', ' ')} {with_ci(pooled[k])}" for k in keys))
 
 
-def class_table(metrics: dict) -> Markdown:
-    """Per-class Se / +P / F1 out of fold (first seed) and macro-F1."""
-    rows = []
-    for name, m in _headline(metrics):
-        t = _first_seed(m)["pooled"]
-        if "SVEB_f1" in t:
-            rows.append([name] + [t[f"{c}_{k}"]["value"] for c in ("NOR", "SVEB", "VEB")
-                                  for k in ("se", "ppv", "f1")] + [t["macro_f1"]["value"]])
-    return table(["method"] + [f"{c} {k}" for c in ("NOR", "SVEB", "VEB")
-                               for k in ("Se", "+P", "F1")] + ["macro-F1"], rows)
-
-
-def ranking_table(metrics: dict) -> Markdown:
-    rows = [[name, with_ci(t["auroc"]), with_ci(t["auprc"])]
-            for name, m in _headline(metrics)
-            for t in [_first_seed(m)["pooled"]] if "auroc" in t]
-    return table(["method", "AUROC normal vs abnormal", "AUPRC"], rows)
-
-
-HEAD = ("SVEB_f1", "VEB_f1", "abnormal_f1", "auroc")
-
-
-def seeds_table(metrics: dict) -> Markdown:
-    """Median and range over seeds of the out-of-fold headline values."""
-    rows = []
-    for name, m in _headline(metrics):
-        s = m["seed_summary"]
-        rows.append([name, max((v["seeds"] for v in s.values()), default=0)]
-                    + [f"{s[k]['median']:.3f} ({s[k]['min']:.3f}–{s[k]['max']:.3f})"
-                       if k in s else None for k in HEAD])
-    return table(["method", "seeds"] + [f"{label(k)} median (range)" for k in HEAD], rows)
-
-
-def database_table(metrics: dict, scheme: str = "kfold") -> Markdown:
-    """Per database of the tested records: out of fold (kfold) or held out (lodo)."""
-    rows = []
-    methods = _headline(metrics) if scheme == "kfold" else metrics["models"].get(scheme, {}).items()
-    for name, m in methods:
-        for db, v in _first_seed(m)["per_database"].items():
-            rows.append([name, db, v["records"], v["beats"], v.get("SVEB_f1"), v.get("VEB_f1"),
-                         v["abnormal_f1"], v.get("auroc")])
-    return table(["method", "database", "records", "beats", "SVEB F1", "VEB F1", "abnormal F1",
-                  "AUROC"], rows)
-
-
-def fold_table(metrics: dict) -> Markdown:
-    """Mean ± sd over the folds, beside the pooled value and the AAMI record averages."""
-    rows = []
-    for name, m in _headline(metrics):
-        seed = _first_seed(m)
-        fm, ra = seed["fold_mean_sd"], seed["record_average"]
-        if "SVEB_f1" not in seed["pooled"]:
+def scheme_table(metrics: dict) -> Markdown:
+    """The validation schemes side by side on the same records: out of fold (k-fold over
+    persons) against a held-out database (LODO: trained on the two others) and against the
+    leaky beat-level split (every person's beats on both sides)."""
+    models, rows = metrics["models"], []
+    for name, lodo in models.get("lodo", {}).items():
+        if name not in models["kfold"] or name not in SOLUTIONS:
             continue
-        rows.append([name] + [f"{fm[k][0]:.3f} ± {fm[k][1]:.3f}" for k in ("SVEB_f1", "VEB_f1")]
-                    + [ra[k] for k in ("SVEB_se", "SVEB_ppv", "VEB_se", "VEB_ppv")])
-    return table(["method", "SVEB F1 per fold", "VEB F1 per fold", "SVEB Se (record avg)",
-                  "SVEB +P (record avg)", "VEB Se (record avg)", "VEB +P (record avg)"], rows)
+        kfold = _first(models["kfold"][name])["per_database"]
+        for db, v in _first(lodo)["per_database"].items():
+            k = kfold.get(db, {})
+            rows.append([name, f"{db} ({v['records']} records)", "held-out database",
+                         k.get("SVEB_f1"), v.get("SVEB_f1"), k.get("VEB_f1"), v.get("VEB_f1"),
+                         k.get("auroc"), v.get("auroc")])
+    for name, beat in models.get("beat", {}).items():
+        if name not in models["kfold"]:
+            continue
+        k, v = _first(models["kfold"][name])["pooled"], _first(beat)["pooled"]
+        rows.append([name, "all databases", "leaky beat split"]
+                    + [x[key]["value"] if key in x else None
+                       for key in ("SVEB_f1", "VEB_f1", "auroc") for x in (k, v)])
+    return table(["method", "tested on", "other scheme", "SVEB F1 k-fold", "SVEB F1 other",
+                  "VEB F1 k-fold", "VEB F1 other", "AUROC k-fold", "AUROC other"], rows)
 
 
-def adaptation_table(metrics: dict) -> Markdown:
-    """Out of fold with and without the label-free per-record adaptation."""
+def best_inner_score(folder: Path) -> float:
+    """A run's best inner-validation selection score over its epochs (history.csv; before
+    the decision biases are tuned)."""
+    return max(float(r["score"]) for r in read_csv(folder / "history.csv"))
+
+
+def choices_table(metrics: dict, results: Path) -> Markdown:
+    """Every choice with its candidates: the inner-validation score that decided it and,
+    beside it, what the held-out records said afterwards (never used to choose).
+
+    - solution: the pooled inner-validation score after bias tuning, mean over seeds;
+    - RR features: the same, seed 0 (the ablation runs every fold of seed 0);
+    - adaptation: the chosen solution's score with and without it;
+    - training budget: best-epoch inner-validation score before bias tuning, mean over the
+      folds where the longer runs exist (make q2-curves), against the default runs there."""
+    kfold, chosen = metrics["models"]["kfold"], metrics["chosen_model"]
     rows = []
-    for name, m in _headline(metrics):
-        seed = _first_seed(m)
-        if "by_adaptation" in seed:
-            for how, s in (("without", seed["by_adaptation"]["raw"]["pooled"]),
-                           ("with", seed["by_adaptation"]["adapted"]["pooled"])):
-                rows.append([name, how] + [s.get(k) for k in HEAD])
-    return table(["method", "adaptation"] + [label(k) for k in HEAD], rows)
+
+    def held_out(entry):
+        s = entry["seed_summary"]
+        return [_spread(s.get("SVEB_f1")), _spread(s.get("VEB_f1"))]
+
+    scores = metrics["final_choice"]["inner_val_scores"]
+    for name, score in scores.items():
+        rows.append(["solution", name, score, *held_out(kfold[name]), name == chosen])
+    base = kfold.get("resnet")
+    if base:
+        default_set = (base.get("model_args") or {}).get("rr_set")
+        for e in [base] + [e for n, e in kfold.items() if n.startswith("resnet-rr-")]:
+            if any(s.get("problems") for s in e["seeds"].values()):
+                continue
+            rr = (e.get("model_args") or {}).get("rr_set")
+            first = _first(e)
+            rows.append(["RR features (resnet, seed 0)", rr, first["rule"]["score"],
+                         f"{first['pooled']['SVEB_f1']['value']:.3f}",
+                         f"{first['pooled']['VEB_f1']['value']:.3f}", rr == default_set])
+    rule = _first(kfold[chosen])["rule"]
+    for how in ("raw", "adapted"):
+        if how in rule:
+            ad = _first(kfold[chosen]).get("by_adaptation", {}).get(how, {}).get("pooled", {})
+            rows.append([f"per-record adaptation ({chosen})", "on" if how == "adapted" else "off",
+                         rule[how]["score"], _fmt(ad.get("SVEB_f1")), _fmt(ad.get("VEB_f1")),
+                         rule["adapt"] == (how == "adapted")])
+    for model in SOLUTIONS:
+        long = kfold.get(f"{model}-curve")
+        if not long or model not in kfold:
+            continue
+        folds = sorted(r.removeprefix(f"{model}-curve-").split("-")[1] for r in _first(long)["runs"])
+        default = [results / r for r in _first(kfold[model])["runs"]
+                   if r.split("-")[-2] in folds]
+        for label, runs, is_default in (("cpu default", default, True),
+                                        ("one pass per epoch", [results / r for r in
+                                                                _first(long)["runs"]], False)):
+            rows.append([f"training budget ({model}, folds {', '.join(f[-1] for f in folds)})",
+                         label, float(np.mean([best_inner_score(r) for r in runs])), None, None,
+                         is_default])
+    return table(["choice", "candidate", "inner-validation score", "out-of-fold SVEB F1",
+                  "out-of-fold VEB F1", "used"], [r[:-1] + ["✔" if r[-1] else ""] for r in rows])
 
 
-def contrast_table(metrics: dict, scheme: str) -> Markdown:
-    """The same models under another scheme ('beat' leaky split, 'lodo') beside k-fold."""
+def _fmt(v) -> str | None:
+    return None if v is None else f"{v:.3f}"
+
+
+def records_table(metrics: dict, n: int = 8) -> Markdown:
+    """The chosen solution's worst records (first seed, out of fold): most SVEB and VEB beats
+    missed or wrongly called, against what the data says of their rhythm."""
+    seed = _first(metrics["models"]["kfold"][metrics["chosen_model"]])
+    info = metrics["records"]
     rows = []
-    for name, m in metrics["models"].get(scheme, {}).items():
-        kfold = metrics["models"]["kfold"].get(name)
-        for what, entry in (("k-fold (unseen persons)", kfold), (scheme, m)):
-            if entry:
-                t = _first_seed(entry)["pooled"]
-                rows.append([name, what] + [t[k]["value"] if k in t else None for k in HEAD])
-    return table(["method", "scheme"] + [label(k) for k in HEAD], rows)
-
-
-def template_dataset(source: DataSource):
-    """The template's loading cell on any source: (records as a `datasets.Dataset`, the class
-    mapping). Hub: the provided `load_dataset(REPO_ID)` and `hf_hub_download` of
-    class_mapping.json; a local folder in the Hub's schema: the same calls' local equivalents;
-    demo: the synthetic records as a Dataset."""
-    from datasets import Dataset, load_dataset
-
-    if source.kind == "hub":
-        require_hub(REPO_ID)
-        from huggingface_hub import hf_hub_download
-        mapping = hf_hub_download(REPO_ID, "class_mapping.json", repo_type="dataset")
-        return load_dataset(REPO_ID)["train"], json.loads(Path(mapping).read_text())
-    if source.kind == "folder":
-        mapping_file = source.path / "class_mapping.json"
-        mapping = (json.loads(mapping_file.read_text()) if mapping_file.exists()
-                   else {str(k): v for k, v in CLASS_MAPPING.items()})
-        files = parquet_files(source.path)
-        return load_dataset("parquet", data_files={"train": files})["train"], mapping
-    rows = make_demo_ecg()
-    return (Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}),
-            {str(k): v for k, v in CLASS_MAPPING.items()})
-
+    for rec, r in seed["per_record"].items():
+        cm = np.array(r["confusion"])
+        errors = int(cm.sum() - np.trace(cm))
+        rows.append([rec, r["db"], info[rec]["beats"], info[rec]["SVEB_share"],
+                     info[rec]["VEB_share"], info[rec]["irregularity"], int(cm[0, 1:].sum()),
+                     int(cm[1, [0, 2]].sum()), int(cm[2, :2].sum()), errors])
+    rows.sort(key=lambda r: -r[-1])
+    shown = [[*r[:3], f"{100 * r[3]:.1f} %", f"{100 * r[4]:.1f} %", f"{r[5]:.3f}", *r[6:]]
+             for r in rows[:n]]
+    total = sum(r[-1] for r in rows)
+    shown.append([f"all {len(rows)} records", "", sum(r[2] for r in rows), "", "", "",
+                  *[sum(r[k] for r in rows) for k in (6, 7, 8)], total])
+    return table(["record", "database", "beats", "SVEB share", "VEB share",
+                  "RR irregularity (median)", "normal called abnormal", "SVEB missed or VEB",
+                  "VEB missed or SVEB", "errors"], shown)

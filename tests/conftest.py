@@ -40,8 +40,8 @@ Q2_TINY = ["--data", "demo", "--device", "cpu", "--epochs", "2", "--beats-per-ep
 Q2_KFOLD = ["--split", "kfold", "--folds", "2"]
 Q2_RUNS = ([["--model", m, *Q2_KFOLD, "--fold", str(f)]
             for m in ("resnet", "context") for f in range(2)]
-           + [["--model", "resnet", "--split", "lodo", "--fold", "svdb"],
-              ["--model", "resnet", "--split", "beat"]])
+           + [["--model", m, "--split", "lodo", "--fold", "svdb"] for m in ("resnet", "context")]
+           + [["--model", "resnet", "--split", "beat"]])
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +62,8 @@ def q1_results(tmp_path_factory):
 @pytest.fixture(scope="session")
 def q2_results(tmp_path_factory):
     """A results root with every kind of Q2 run trained on demo data with tiny settings: a
-    2-fold cross-validation of each model, the baselines and the ResNet + context ensemble, one
-    LODO and one leaky run."""
+    2-fold cross-validation of each model, the baselines and the ResNet + context ensemble, each
+    model's LODO run without svdb and one leaky run."""
     from q2_ecg import baselines, ensemble, train
 
     root = tmp_path_factory.mktemp("q2-results")

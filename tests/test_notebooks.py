@@ -3,11 +3,11 @@ and numbers, and `make notebooks` on demo results."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -65,6 +65,28 @@ def appears(token: str, percent: bool, values: list[float]) -> bool:
                for s in ({scale} | ({100} if decimals == 0 and not percent else set())))
 
 
+MAX_FIGURES, MAX_TABLES, MAX_PROSE_WORDS = 9, 8, 2600   # what a marker reads in one sitting
+
+
+def figures(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def tables(nb) -> int:
+    return sum("|---" in o.get("data", {}).get("text/markdown", "")
+               for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.parametrize("q", NOTEBOOKS)
+def test_the_notebook_reads_in_one_sitting(q):
+    """At most MAX_FIGURES figures, MAX_TABLES tables and MAX_PROSE_WORDS words of prose: about
+    half an hour at 200 words a minute and a minute per figure or table."""
+    nb = load(q)
+    words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    assert figures(nb) <= MAX_FIGURES and tables(nb) <= MAX_TABLES and words <= MAX_PROSE_WORDS, (
+        figures(nb), tables(nb), words)
+
+
 @pytest.mark.parametrize("q", NOTEBOOKS)
 def test_structure_follows_the_template(q):
     text = [c.source for c in load(q).cells if c.cell_type == "markdown"]
@@ -85,7 +107,7 @@ def test_every_code_cell_ran_cleanly_and_is_introduced(q):
         assert cell.execution_count is not None, f"cell {k} was not executed"
         assert not [o for o in cell.outputs if o.output_type == "error"], f"cell {k} errored"
         text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-        assert text.count("\n") <= 6, f"cell {k} prints a wall of text"
+        assert text.count("\n") <= 40, f"cell {k} prints a wall of text"
         assert "%|" not in text, f"cell {k} shows a progress bar"
         assert cells[k - 1].cell_type == "markdown", f"cell {k} has no sentence above it"
 
@@ -122,10 +144,10 @@ def test_the_notebook_shows_one_committed_results_folder(q):
 
 
 TEMPLATE_CODE = {   # what the template's own cells do, in order, before the first part
-    "q1": ["from datasets import load_dataset", "hf_hub_download", "template_datasets",
-           "with_transform"],
-    "q2": ["from datasets import load_dataset", "hf_hub_download", "template_dataset",
-           "show_code(plot_signal, split_by_beat)"],
+    "q1": ["from datasets import load_dataset", "hf_hub_download",
+           'load_dataset("dpelacani/mri-t1-t2-2D-sliced-64"', "with_transform"],
+    "q2": ["from datasets import load_dataset", "from collections import Counter",
+           'load_dataset("dpelacani/ecg-led2-cleaned")', "hf_hub_download(repo_id"],
 }
 
 
@@ -148,7 +170,7 @@ def test_the_graded_code_is_shown_from_the_modules(q):
                   and re.search(r"^## [12]\.B\)", c.source, re.M))
     shown = " ".join(o.get("data", {}).get("text/plain", "") for c in cells[part_b:]
                      for o in c.get("outputs", []))
-    needles = {"q1": ["class UNet", "def generator_loss", "def train_step", "def ssim_map"],
+    needles = {"q1": ["class UNet", "def translation_loss", "def train_step", "def ssim_map"],
                "q2": ["class BeatClassifier", "def train_step", "cross_entropy", "def one_vs_rest"]}
     assert all(n in shown for n in needles[q]), [n for n in needles[q] if n not in shown]
 
@@ -160,22 +182,35 @@ def test_number_matching_rules():
     assert appears("93", True, [0.9312]) and appears("93", False, [0.9312])
 
 
-def test_make_notebooks_runs_on_demo_results(q1_evaluated, q2_evaluated, tmp_path):
-    from q1_mri import eda as q1_eda
-    from q2_ecg import eda as q2_eda
+# the protocol the demo fixtures trained (conftest Q1_TINY / Q2_TINY), as `make notebooks` passes it
+DEMO_PROTOCOL = {
+    "Q1_FOLDS": "2", "Q1_SPLIT": "kfold", "Q1_MODELS": "unet unet25d plain", "Q1_WIDTHS": "",
+    "Q1_ARGS": "--device cpu --epochs 2 --batch-size 16 --base-channels 4 --max-train-slices 64 "
+               "--monitor-slices 32 --precision fp32",
+    "Q2_FOLDS": "2", "Q2_MODELS": "resnet context", "Q2_LODO": "svdb", "Q2_LEAKY": "resnet",
+    "Q2_RR_SETS": "", "Q2_CURVE_EPOCHS": "0",
+    "Q2_ARGS": "--device cpu --epochs 2 --beats-per-epoch 1024 --batch-beats 256 --channels 8 8 16",
+}
 
+
+def test_the_notebooks_run_the_stages_and_read_back_finished_runs(q1_evaluated, q2_evaluated,
+                                                                  tmp_path):
+    """`make notebooks` after `make q1 q2`: the notebooks call the stages themselves, read every
+    finished run back (nothing is trained again), show the demo warning and stay within the
+    limits of one sitting."""
     root = tmp_path / "results"
-    for evaluated, _ in (q1_evaluated, q2_evaluated):      # metrics.json and figures included
+    for evaluated, _ in (q1_evaluated, q2_evaluated):
         shutil.copytree(evaluated, root, dirs_exist_ok=True)
-    for eda in (q1_eda, q2_eda):                            # the eda stats the notebooks read
-        eda.main(["--data", "demo", "--results-root", str(root)])
     done = subprocess.run([sys.executable, "tools/run_notebooks.py", "--data", "demo",
                            "--results-root", str(root), "--out-dir", str(tmp_path)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          env={**os.environ, **DEMO_PROTOCOL, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     for name in NOTEBOOKS.values():
         nb = nbformat.read(tmp_path / name, as_version=4)
         outputs = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
         assert "DEMO DATA" in outputs
         assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
-    assert Path(PROJECT_ROOT / "References.md").exists()
+        trained = [int(n) for n in re.findall(r"\((\d+) trained now", outputs)]
+        assert trained and not any(trained), f"{name} trained runs that had finished: {trained}"
+        assert figures(nb) <= MAX_FIGURES and tables(nb) <= MAX_TABLES

@@ -3,8 +3,10 @@
     python tools/run_notebooks.py [--data SPEC | --q1-data SPEC --q2-data SPEC]
                                   [--results-root DIR] [--out-dir DIR] [--only q1|q2]
 
-The notebooks explore the data live (from the cache) and show the results already in
-results/<question>/<source>/; they never train. Fails (exit 1) if any cell raises.
+The notebooks run the pipeline's stages from their cells on the chosen source: runs that
+finished earlier (results/<question>/<source>/) are read back, evaluation reruns only when
+stale, so after `make q1 q2` this takes minutes. The protocol settings come from the
+environment (`make notebooks` passes the Makefile's). Fails (exit 1) if any cell raises.
 """
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ def run() -> None:
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     if args.results_root:
         os.environ["RESULTS_ROOT"] = str(Path(args.results_root).resolve())
-    os.environ.setdefault("NO_PROGRESS", "1")
+    os.environ.setdefault("NO_PROGRESS", "1")              # no progress bars in saved outputs:
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")    # ours and datasets',
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")  # nor tqdm's widget note
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     todo = [args.only] if args.only else list(NOTEBOOKS)
     if not os.environ.get(CHILD):

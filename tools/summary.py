@@ -1,0 +1,40 @@
+"""Print both questions' headline tables from their committed metrics.json (what the README's
+"Results at a glance" shows), with the source and the commits behind them.
+
+    python -m tools.summary [--q1-data SPEC] [--q2-data SPEC]     (make summary)
+
+Without a spec, each question's best source with results (common.report.choose_source).
+"""
+from __future__ import annotations
+
+import argparse
+
+from common.io import read_json
+from common.report import choose_source
+from q1_mri import report as q1_report
+from q2_ecg import report as q2_report
+
+TABLES = {"q1": q1_report.headline_table, "q2": q2_report.headline_table}
+
+
+def summary(question: str, spec: str | None) -> str:
+    """One question's source line and headline table as markdown."""
+    _, results = choose_source(question, spec)
+    metrics = read_json(results / "metrics.json")
+    trained = ", ".join(f"{c} ({n} runs)" for c, n in sorted(metrics.get("trained_at", {}).items()))
+    head = (f"**{question.upper()}**, {metrics['data_label']}: scored at `{metrics['git_commit']}`"
+            f" from `{results}`; networks trained at {trained or 'n/a'}.")
+    return f"{head}\n\n{TABLES[question](metrics).data}\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--q1-data", default=None)
+    p.add_argument("--q2-data", default=None)
+    args = p.parse_args()
+    print(summary("q1", args.q1_data))
+    print(summary("q2", args.q2_data))
+
+
+if __name__ == "__main__":
+    main()
