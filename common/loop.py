@@ -32,7 +32,7 @@ from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.ema import ModelEMA
 from common.io import file_digest, read_json, torch_save, write_csv, write_json
 from common.results import results_dir
-from common.runs import check_resume, locked
+from common.runs import check_finished_files, check_resume, locked
 from common.runtime import rng_state, set_rng_state
 from common.splitfile import split_id
 
@@ -135,8 +135,10 @@ class RunBook:
         synchronisation, checked before anything of the epoch is saved."""
         loss = (loss_sum / steps).item()
         if not math.isfinite(loss):
+            kept = ("keeps the last good checkpoint" if (self.out / "checkpoint.pt").exists()
+                    else "has no checkpoint yet")
             raise CheckpointError(f"training diverged (loss {loss}) in epoch {epoch + 1}; "
-                                  f"{self.out} keeps the last good checkpoint")
+                                  f"{self.out} {kept}")
         return loss
 
     def end_epoch(self, row: dict, state: dict, weights: Callable[[], dict]) -> bool:
@@ -194,6 +196,8 @@ def finished_run(args, question: str, source, split_path: Callable, fold: str, r
     book = RunBook(out, args.patience, True, config)
     done = book.finished(args.epochs)
     if done:
+        check_finished_files(out, done)
+        read_json(out / "split.json")          # one line if damaged, like every other reader
         print("\n".join(epoch_line(row) for row in book.history)
               + f"\nfinished earlier (best epoch {done['best_epoch']}): read back from {out}")
     return done

@@ -89,6 +89,9 @@ def run_all(question: str, train, flag_lists: list[list[str]], log: dict[str, st
     when it finished earlier (--resume reads a finished run's files, no data); show the first
     run's epoch log as a table of the `log` columns ({history key: header}) and one line for
     all. Returns the runs' summaries."""
+    if not flag_lists:
+        print("no runs of this kind in this protocol")
+        return []
     summaries, fresh = [], 0
     for k, flags in enumerate(flag_lists):
         args = train.parse_args([*flags, "--resume"])

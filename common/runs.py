@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common.io import pid_alive, remove_orphans, require_writable
+from common.io import file_digest, pid_alive, remove_orphans, require_writable
 
 # flags that change how a run is executed, not what it trains; epochs may grow on --resume
 NOT_IDENTITY = frozenset({"epochs", "resume", "device", "compile", "dry_run", "results_root",
@@ -122,6 +122,18 @@ def process_start(pid: int) -> int | None:
         return int(stat[stat.rindex(")") + 2:].split()[22 - 3])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def check_finished_files(folder: Path, summary: dict) -> None:
+    """Refuse, in one line, a finished run whose prediction file is missing, damaged or not the
+    one its summary.json names (SHA-256, common.loop.RunBook.finish): evaluation would score it,
+    and --resume read it back, as if it were the run's. Runs without recorded digests pass."""
+    path = folder / "predictions.npz"
+    recorded = summary.get("files", {}).get("predictions.npz")
+    if recorded and (not path.exists() or file_digest(path) != recorded):
+        raise RunError(f"{path} is missing, damaged or not the file {folder / 'summary.json'} was "
+                       "finished with (changed since, or the folder mixes two runs): retrain "
+                       "that run without --resume")
 
 
 def identity(config: dict) -> dict:

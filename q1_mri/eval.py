@@ -29,6 +29,7 @@ import numpy as np
 from common import cli
 from common.io import file_digest, read_json, savez, write_json
 from common.results import inputs_record, provenance, results_dir
+from common.runs import check_finished_files
 from common.splitfile import out_of_fold_problems
 from q1_mri import patient_stats
 from q1_mri.data import UNITS, UNITS_TEXT, VIEWS, load_mri, pool, resolve_source
@@ -66,10 +67,7 @@ class Run:
         self.scheme, self.fold = self.summary["split"], self.summary["fold"]
         self.seed = int(self.summary["seed"])
         path = folder / "predictions.npz"
-        recorded = self.summary.get("files", {}).get("predictions.npz")
-        if recorded and file_digest(path) != recorded:
-            raise cli.DataError(f"{path} is not the file {folder / 'summary.json'} was finished "
-                                "with (the folder mixes two runs): rerun that run")
+        check_finished_files(folder, self.summary)
         self.preds = load_predictions(path, self.split["split_id"], data_tag)
         for role in ("val", "test"):
             expected = {p for p, r in self.split["roles"].items() if r == role}

@@ -31,6 +31,7 @@ import numpy as np
 from common import cli
 from common.io import file_digest, read_json, savez, write_json
 from common.results import inputs_record, provenance, results_dir
+from common.runs import check_finished_files
 from common.splitfile import out_of_fold_problems
 from common.stats import bootstrap_additive
 from q2_ecg.beats import RR_NAMES, build_table
@@ -83,10 +84,7 @@ class Run:
         self.scheme, self.fold = self.summary["split"], self.summary["fold"]
         self.seed = int(self.summary["seed"])
         path = folder / "predictions.npz"
-        recorded = self.summary.get("files", {}).get("predictions.npz")
-        if recorded and file_digest(path) != recorded:
-            raise cli.DataError(f"{path} is not the file {folder / 'summary.json'} was finished "
-                                "with (the folder mixes two runs): rerun that run")
+        check_finished_files(folder, self.summary)
         self.preds = load_predictions(path, self.split["split_id"], data_tag)
         self.persons = self.split.get("persons") or {}
         if "roles" in self.split:     # record-level split: the file must match it exactly

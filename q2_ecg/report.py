@@ -135,10 +135,12 @@ def choices_table(metrics: dict, results: Path) -> Markdown:
     beside it, what the held-out records said afterwards (never used to choose).
 
     - solution: the pooled inner-validation score after bias tuning, mean over seeds;
-    - RR features: the same, seed 0 (the ablation runs every fold of seed 0);
+    - RR features: the same, seed 0 (the ablation runs every fold of seed 0); the set was fixed
+      before this study (the literature's record-normalised features), so the row says so;
     - adaptation: the chosen solution's score with and without it;
     - training budget: best-epoch inner-validation score before bias tuning, mean over the
-      folds where the longer runs exist (make q2-curves), against the default runs there."""
+      folds where the longer runs exist (make q2-curves), against the default runs there; the
+      CPU budget is what 2 cores afford, the longer one the default on CUDA."""
     kfold, chosen = metrics["models"]["kfold"], metrics["chosen_model"]
     rows = []
 
@@ -157,7 +159,7 @@ def choices_table(metrics: dict, results: Path) -> Markdown:
                 continue
             rr = (e.get("model_args") or {}).get("rr_set")
             first = _first(e)
-            rows.append(["RR features (resnet, seed 0)", rr, first["rule"]["score"],
+            rows.append(["RR features (resnet, seed 0; fixed beforehand)", rr, first["rule"]["score"],
                          f"{first['pooled']['SVEB_f1']['value']:.3f}",
                          f"{first['pooled']['VEB_f1']['value']:.3f}", rr == default_set])
     rule = _first(kfold[chosen])["rule"]
@@ -174,9 +176,9 @@ def choices_table(metrics: dict, results: Path) -> Markdown:
         folds = sorted(r.removeprefix(f"{model}-curve-").split("-")[1] for r in _first(long)["runs"])
         default = [results / r for r in _first(kfold[model])["runs"]
                    if r.split("-")[-2] in folds]
-        for label, runs, is_default in (("cpu default", default, True),
-                                        ("one pass per epoch", [results / r for r in
-                                                                _first(long)["runs"]], False)):
+        for label, runs, is_default in (("cpu: 30,000 beats per epoch", default, True),
+                                        ("full (CUDA default): a pass per epoch",
+                                         [results / r for r in _first(long)["runs"]], False)):
             rows.append([f"training budget ({model}, folds {', '.join(f[-1] for f in folds)})",
                          label, float(np.mean([best_inner_score(r) for r in runs])), None, None,
                          is_default])

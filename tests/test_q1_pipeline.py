@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import DataError
 from common.io import read_csv, read_json
+from common.runs import RunError
 from q1_mri import eval as q1_eval
 from q1_mri import train as q1_train
 from q1_mri.data import UNITS, load_mri, pool, resolve_source
@@ -133,8 +133,20 @@ def test_evaluation_refuses_a_prediction_file_of_another_run(trained, tmp_path):
     demo = root / "q1" / "demo"
     shutil.copy(demo / "unet-kfold2-fold1-seed0" / "predictions.npz",
                 demo / RUN / "predictions.npz")
-    with pytest.raises(DataError, match="mixes two runs"):
+    with pytest.raises(RunError, match="mixes two runs"):
         q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(root)]))
+
+
+def test_resume_refuses_to_read_back_a_damaged_prediction_file(trained, tmp_path):
+    """--resume of a finished run (what the notebooks call) checks its prediction file against
+    summary.json's digest: a truncated file is named in one line, never read back as the run."""
+    root = tmp_path / "results"
+    shutil.copytree(trained, root)
+    path = root / "q1" / "demo" / RUN / "predictions.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    args = Q1_TINY + ["--model", "unet", "--fold", "0", "--results-root", str(root), "--resume"]
+    with pytest.raises(RunError, match="missing, damaged or not the file"):
+        q1_train.train(q1_train.parse_args(args))
 
 
 def test_deployed_model_and_its_export_map_every_row_back(q1_evaluated, tmp_path):

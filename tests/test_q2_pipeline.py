@@ -153,7 +153,7 @@ def test_evaluation_refuses_a_prediction_file_of_another_split(evaluated, tmp_pa
     shutil.copytree(root, copy)
     fold0, fold1 = runs_of(copy, "resnet")
     shutil.copy(fold0 / "predictions.npz", fold1 / "predictions.npz")
-    with pytest.raises(q2_eval.cli.DataError, match="mixes two runs"):     # summary's digest
+    with pytest.raises(RunError, match="mixes two runs"):     # summary's digest
         q2_eval.main(q2_eval.parse_args(["--data", "demo", "--results-root", str(copy)]))
     summary = read_json(fold1 / "summary.json")
     summary.pop("files")                          # a run of older code, without digests
