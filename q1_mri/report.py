@@ -88,7 +88,9 @@ def headline_table(metrics: dict) -> Markdown:
         spread = (f"{seeds} seeds: SSIM {m['seed_summary']['masked_ssim']['min']:.3f}–"
                   f"{m['seed_summary']['masked_ssim']['max']:.3f}" if seeds > 1 else "1 seed")
         hours = m.get("wall_time_s") or 0
-        rows.append([name + (" (chosen)" if name == chosen else ""), m.get("parameters")]
+        params = m.get("parameters")
+        rows.append([name + (" (chosen)" if name == chosen else ""),
+                     f"{params / 1e6:.2f} M" if params else "–"]
                     + [_stat(m["overall"][k], _digits(k)) for k in KEYS]
                     + [spread, f"{hours / 3600:.2f} h" if hours else "–"])
     return table(["method", "parameters"] + [f"brain {LABELS[k]} ({scale})" for k in KEYS]
@@ -115,7 +117,7 @@ def paired_table(metrics: dict) -> Markdown:
 def view_table(metrics: dict) -> Markdown:
     """Brain SSIM and PSNR per view of the chosen model and the reference (mean over the
     patients with slices of that view)."""
-    names = [n for n in (metrics.get("chosen_model"), metrics["paired"]["reference"])
+    names = [n for n in dict.fromkeys([metrics.get("chosen_model"), metrics["paired"]["reference"]])
              if n in metrics["methods"]]
     rows = [[name, view] + [_stat(agg[k], _digits(k)) for k in ("masked_ssim", "masked_psnr")]
             for name in names for view, agg in metrics["methods"][name]["per_view"].items()]
