@@ -20,7 +20,8 @@ HEADINGS = {
     "q2": ["# Question 2", "## 2.A)", "### 1.", "### 2.", "### 3.", "### 4.", "## 2.B)",
            "## 2.C)"],
 }
-NUMBER = re.compile(r"(?<![\w.\-])(\d+(?:\.\d+)?)(\s?%)?(?![\w\-]|\.\d)")
+NUMBER = re.compile(r"(?<![\w.,\-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(\s?%)?"
+                    r"(?![\w\-]|[.,]\d)")
 
 
 def load(q: str) -> nbformat.NotebookNode:
@@ -52,8 +53,9 @@ def displayed_values(nb) -> list[float]:
 
 
 def quoted_numbers(text: str) -> list[tuple[str, bool]]:
-    """Numbers in prose, with whether they carry a % sign (words like T1, 2-D, L1 excluded)."""
-    return [(m.group(1), bool(m.group(2))) for m in NUMBER.finditer(text)]
+    """Numbers in prose (thousands separators dropped), with whether they carry a % sign
+    (words like T1, 2-D, L1 excluded)."""
+    return [(m.group(1).replace(",", ""), bool(m.group(2))) for m in NUMBER.finditer(text)]
 
 
 def appears(token: str, percent: bool, values: list[float]) -> bool:
@@ -186,6 +188,8 @@ def test_the_graded_code_is_shown_from_the_modules(q):
 def test_number_matching_rules():
     assert quoted_numbers("SSIM 0.79, 20.4 dB, 93 % of beats, T1 and 2-D, L1") == [
         ("0.79", False), ("20.4", False), ("93", True)]
+    assert quoted_numbers("from 3,194 to 12,224.5 (0.1, 2)") == [
+        ("3194", False), ("12224.5", False), ("0.1", False), ("2", False)]
     assert appears("0.79", False, [0.7912]) and not appears("0.80", False, [0.7912])
     assert appears("93", True, [0.9312]) and appears("93", False, [0.9312])
 

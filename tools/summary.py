@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.datasource import PROJECT_ROOT
 from common.io import read_csv, read_json
 from common.report import choose_source
 from q1_mri import report as q1_report
@@ -41,13 +42,18 @@ def throughput(question: str, results: Path) -> str:
                      f"{len(v)} runs; {setup[name]})" for name, v in rates.items())
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the project when inside it (as the README quotes it)."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def summary(question: str, spec: str | None) -> str:
     """One question's source line and headline table as markdown."""
     _, results = choose_source(question, spec)
     metrics = read_json(results / "metrics.json")
     trained = ", ".join(f"{c} ({n} runs)" for c, n in sorted(metrics.get("trained_at", {}).items()))
     head = (f"**{question.upper()}**, {metrics['data_label']}: scored at `{metrics['git_commit']}`"
-            f" from `{results}`; networks trained at {trained or 'n/a'}.")
+            f" from `{shown(results)}`; networks trained at {trained or 'n/a'}.")
     return (f"{head}\n\n{TABLES[question](metrics).data}\n\nTraining throughput (median of each "
             f"run's logged rate):\n{throughput(question, results)}\n")
 
