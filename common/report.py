@@ -7,14 +7,16 @@ import contextlib
 import inspect
 import io
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from IPython.display import Code, Markdown
 
-from common.datasource import PROJECT_ROOT
+from common.datasource import PROJECT_ROOT, cache_dir
 from common.io import read_csv, read_json
-from common.results import RESULTS_ROOT, git_commit, inputs_digest, results_dir
+from common.results import RESULTS_ROOT, git_commit, inputs_digest, mixed, results_dir
 
 
 def results_root() -> Path:
@@ -64,10 +66,25 @@ def banner(metrics: dict) -> Markdown:
     if commits:
         listed = ", ".join(f"`{c}` ({n} run{'s' * (n > 1)})" for c, n in sorted(commits.items()))
         text += f"\n>\n> **Networks trained at:** {listed}."
-        if len(commits) > 1 or any(c.endswith("+dirty") or c == "unknown" for c in commits):
+        if mixed(commits):
             text += (' <span style="color:red">**⚠ These tables mix runs of several states of the '
                      "code (or uncommitted code): rerun them at one commit.**</span>")
     return Markdown(text)
+
+
+def demo_parquet(name: str, splits: Callable[[], dict]) -> dict[str, list[str]]:
+    """{split: [file]}: a question's synthetic demo data as parquet files in the Hub's schema
+    (`splits()` -> {split: datasets.Dataset}), written once to the cache as `name`/, so the
+    notebook's loading cell reads it with the same `load_dataset("parquet", ...)` call as a
+    local folder."""
+    folder = cache_dir() / name
+    if not folder.is_dir():
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{name}-"))
+        for split, dataset in splits().items():
+            dataset.to_parquet(str(staging / f"{split}.parquet"))
+        staging.rename(folder)                 # all splits or none
+    return {p.stem: [str(p)] for p in sorted(folder.glob("*.parquet"))}
 
 
 def setting(name: str, default: str) -> str:
@@ -92,17 +109,18 @@ def run_all(question: str, train, flag_lists: list[list[str]], log: dict[str, st
     if not flag_lists:
         print("no runs of this kind in this protocol")
         return []
+    runs = [train.parse_args([*flags, "--resume"]) for flags in flag_lists]
+    root = results_dir(question, train.resolve_source(runs[0].data), runs[0].results_root)
     summaries, fresh = [], 0
-    for k, flags in enumerate(flag_lists):
-        args = train.parse_args([*flags, "--resume"])
-        summary, printed = quietly(train.train, args)
-        fresh += "read back from" not in printed
+    for k, args in enumerate(runs):
+        summary_file = root / train.run_folder_name(args) / "summary.json"
+        before = summary_file.read_bytes() if summary_file.exists() else None
+        summary, _ = quietly(train.train, args)
+        fresh += summary_file.read_bytes() != before      # rewritten: trained now
         summaries.append(summary)
         if k == 0:
-            folder = results_dir(question, train.resolve_source(args.data),
-                                 args.results_root) / train.run_folder_name(args)
-            print(f"{folder.name}, epoch by epoch (inner-validation persons):")
-            print(epoch_table(read_csv(folder / "history.csv"), log))
+            print(f"{summary_file.parent.name}, epoch by epoch (inner-validation persons):")
+            print(epoch_table(read_csv(summary_file.parent / "history.csv"), log))
     hours = sum(s["wall_time_s"] for s in summaries) / 3600
     epochs = [s["best_epoch"] for s in summaries]
     first = summaries[0]

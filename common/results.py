@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import platform
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import torch
 
+from common.cli import DataError
 from common.datasource import PROJECT_ROOT, DataSource
+from common.io import read_json
 
 RESULTS_ROOT = PROJECT_ROOT / "results"
 
@@ -36,9 +40,6 @@ def evaluation_dirs(question: str, train_source: DataSource, test_source: DataSo
 
 def read_metrics(root: Path, evaluator: str) -> dict:
     """root/metrics.json, or a one-line error naming the stage that writes it."""
-    from common.cli import DataError
-    from common.io import read_json
-
     if not (root / "metrics.json").exists():
         raise DataError(f"no {root / 'metrics.json'}: run python -m {evaluator} first")
     return read_json(root / "metrics.json")
@@ -89,8 +90,6 @@ def inputs_digest(root: Path) -> str:
     """SHA-256 over every run's summary.json (which names its prediction file by digest) and
     every split file under `root`: what an evaluation of `root` was computed from. Evaluation
     records it, so an unchanged metrics.json can be read back instead of recomputed."""
-    import hashlib
-
     h = hashlib.sha256()
     for path in sorted([*root.glob("*/summary.json"), *root.glob("splits/*.json")]):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -100,12 +99,14 @@ def inputs_digest(root: Path) -> str:
 def trained_at(root: Path) -> dict[str, int]:
     """{commit: runs} of the trained runs under `root` (those with an epoch history; baselines
     and ensembles, computed from files, are scored at evaluation's commit)."""
-    from collections import Counter
-
-    from common.io import read_json
-
     summaries = (read_json(p) for p in sorted(root.glob("*/summary.json")))
     return dict(Counter(s.get("git_commit", "unknown") for s in summaries if "epochs_run" in s))
+
+
+def mixed(commits: dict[str, int]) -> bool:
+    """Whether runs ({commit: runs}) come from several states of the code or from uncommitted
+    (or unknown) code: tables over them are not the result of one committed state."""
+    return len(commits) > 1 or any(c.endswith("+dirty") or c == "unknown" for c in commits)
 
 
 def inputs_record(root: Path) -> dict:
@@ -113,7 +114,7 @@ def inputs_record(root: Path) -> dict:
     trained runs came from, with a warning printed when those are several commits or
     uncommitted code (a table mixing them is not the result of one state of the code)."""
     commits = trained_at(root)
-    if len(commits) > 1 or any(c.endswith("+dirty") or c == "unknown" for c in commits):
+    if mixed(commits):
         print(f"warning: the runs in {root} were trained at {len(commits)} states of the code "
               f"({', '.join(f'{c}: {n}' for c, n in sorted(commits.items()))}); rerun them at "
               "one commit for tables of one state of the code")

@@ -66,7 +66,7 @@ def predict_baselines(t1: np.ndarray, coef: tuple[float, float], lut: np.ndarray
     """{method: (n, 1, H, W) float32 predicted T2} from normalised T1 (n, 1, H, W)."""
     t1 = t1.astype(np.float32)
     b = np.minimum((t1 * LUT_BINS).astype(np.int64), LUT_BINS - 1)
-    return {"identity": t1.astype(np.float32), "linear": linear_map(t1, coef),
+    return {"identity": t1, "linear": linear_map(t1, coef),
             "lut": np.where(t1 > 0, lut[b], 0).astype(np.float32)}
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 from IPython.display import Markdown
 
-from common.datasource import cache_dir
-from common.report import table
+from common.report import demo_parquet, table, with_ci
 from q1_mri.data import SPLITS, parquet_files, resolve_source
 from q1_mri.demo import make_demo_mri
 from q1_mri.eval import BASELINES, REFERENCE, SOLUTIONS
@@ -27,14 +26,12 @@ def local_files(spec: str) -> dict[str, list[str]]:
         raise ValueError("the Hub is loaded by the template's own call, not from local files")
     if source.kind == "folder":
         return parquet_files(source.path)
-    folder = cache_dir() / "demo-mri-parquet"
-    if not all((folder / f"{s}.parquet").exists() for s in SPLITS):
+
+    def splits():
         from datasets import Dataset
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, arrays in make_demo_mri().items():
-            Dataset.from_dict({k: list(v) for k, v in arrays.items()}).to_parquet(
-                str(folder / f"{split}.parquet"))
-    return {s: [str(folder / f"{s}.parquet")] for s in SPLITS}
+        return {split: Dataset.from_dict({k: list(v) for k, v in arrays.items()})
+                for split, arrays in make_demo_mri().items()}
+    return demo_parquet("demo-mri-parquet", splits)
 
 
 def intensity_table(stats: dict) -> Markdown:
@@ -55,8 +52,7 @@ def _stat(s: dict, digits: int) -> str:
     """'0.812 (0.790–0.830)' with a patient-bootstrap interval, else '0.812 ± 0.020' (sd over
     patients)."""
     if s.get("ci95"):
-        low, high = s["ci95"]
-        return f"{s['mean']:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+        return with_ci(s, digits)
     sd = s.get("sd")
     return f"{s['mean']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd == sd and sd is not None else "")
 

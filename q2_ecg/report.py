@@ -10,7 +10,7 @@ from IPython.display import Markdown
 
 from common.datasource import cache_dir
 from common.io import read_csv, write_json
-from common.report import table, with_ci
+from common.report import demo_parquet, table, with_ci
 from q2_ecg.data import CLASS_MAPPING, keep_by_length, parquet_files, resolve_source
 from q2_ecg.demo import make_demo_ecg
 from q2_ecg.eval import SOLUTIONS
@@ -27,16 +27,17 @@ def local_files(spec: str) -> tuple[list[str], Path]:
     source = resolve_source(spec)
     if source.kind == "hub":
         raise ValueError("the Hub is loaded by the template's own call, not from local files")
-    folder = source.path if source.kind == "folder" else cache_dir() / "demo-ecg-parquet"
-    mapping = folder / "class_mapping.json"
-    if source.kind != "folder" and not (folder / "train.parquet").exists():
-        from datasets import Dataset
-        folder.mkdir(parents=True, exist_ok=True)
-        Dataset.from_list(make_demo_ecg()).to_parquet(str(folder / "train.parquet"))
-    if not mapping.exists():
+    if source.kind == "folder":
+        files, mapping = parquet_files(source.path), source.path / "class_mapping.json"
+    else:
+        def splits():
+            from datasets import Dataset
+            return {"train": Dataset.from_list(make_demo_ecg())}
+        files, mapping = demo_parquet("demo-ecg-parquet", splits)["train"], None
+    if mapping is None or not mapping.exists():
         mapping = cache_dir() / "class_mapping.json"
         write_json(mapping, {str(k): v for k, v in CLASS_MAPPING.items()})
-    return parquet_files(folder), mapping
+    return files, mapping
 
 
 def read_mapping(path: str | Path) -> dict[int, str]:
