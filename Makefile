@@ -22,7 +22,6 @@ SEEDS     ?= 1
 Q2_LODO   ?= mitdb svdb incartdb
 Q2_LEAKY  ?= resnet
 Q2_CURVE_EPOCHS ?= 4
-Q1_WIDTHS ?= 16 48
 Q2_RR_SETS ?= sinus all
 SEED_LIST  = $(shell seq 0 $$(($(SEEDS) - 1)))
 # make lab: the port JupyterLab listens on (127.0.0.1 only; reach it through an SSH tunnel)
@@ -54,10 +53,13 @@ test: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-# Q1 protocol: Q1_MODELS (the two solutions and the plain reference) x Q1_FOLDS-fold patient
+# Q1 protocol: Q1_MODELS (the solution and the plain reference) x Q1_FOLDS-fold patient
 # cross-validation over every patient with inner validation (the Hub: its official validation
-# split is the test set), x SEEDS seeds, the baselines on the same folds
-Q1_MODELS ?= unet unet25d plain
+# split is the test set), x SEEDS seeds, the baselines on the same folds. Q1_ABLATIONS run on
+# folds 0-1 only (make q1-ablations): another model (unet25d, the 2.5-D U-Net) or wN, the
+# U-Net at width N; evaluation compares each with the chosen model on the same patients.
+Q1_MODELS ?= unet plain
+Q1_ABLATIONS ?= unet25d w16 w48
 Q1_FOLDS  ?= 5
 Q1_SPLIT  ?=      # kfold | official; empty: official wherever the source resolves to the Hub (auto too)
 Q1_SPLIT_OF = split=$${Q1_SPLIT:-$$($(PYTHON) -c "from q1_mri.data import resolve_source; \
@@ -79,12 +81,13 @@ q1: setup
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
 	$(PYTHON) -m q1_mri.figures --data "$(Q1_DATA)"
 
-## Q1: the width ablation: the U-Net at Q1_WIDTHS on folds 0-1 of seed 0 (a choice inner validation makes)
+## Q1: the ablations on folds 0-1 of seed 0: the 2.5-D U-Net and other widths (Q1_ABLATIONS), each against the chosen model
 q1-ablations: setup
-	@set -e; $(Q1_SPLIT_OF); for width in $(Q1_WIDTHS); do for fold in $$(echo $$folds | cut -d' ' -f1-2); do \
-	  $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" --model unet --split $$split --folds $(Q1_FOLDS) \
-	    $$([ $$fold = single ] || echo --fold $$fold) --base-channels $$width --name w$$width \
-	    $(RESUME_FLAG) $(Q1_ARGS); \
+	@set -e; $(Q1_SPLIT_OF); for variant in $(Q1_ABLATIONS); do for fold in $$(echo $$folds | cut -d' ' -f1-2); do \
+	  case $$variant in w[0-9]*) flags="--model unet --base-channels $${variant#w} --name $$variant";; \
+	                    *) flags="--model $$variant";; esac; \
+	  $(PYTHON) -m q1_mri.train --data "$(Q1_DATA)" $$flags --split $$split --folds $(Q1_FOLDS) \
+	    $$([ $$fold = single ] || echo --fold $$fold) $(RESUME_FLAG) $(Q1_ARGS); \
 	done; done
 	$(PYTHON) -m q1_mri.eval --data "$(Q1_DATA)"
 	$(PYTHON) -m q1_mri.figures --data "$(Q1_DATA)"
@@ -144,7 +147,7 @@ q2-ablations: setup
 demo: demo-q1 demo-q2
 
 # the demo's small protocol (make demo trains it; make notebooks DATA=demo reads it back)
-DEMO_Q1 = Q1_FOLDS=2 Q1_WIDTHS= \
+DEMO_Q1 = Q1_FOLDS=2 Q1_ABLATIONS= \
   Q1_ARGS="--epochs 3 --slices-per-epoch 384 --base-channels 8 --monitor-slices 64 $(Q1_ARGS)"
 DEMO_Q2 = Q2_FOLDS=2 Q2_LODO=svdb Q2_RR_SETS= Q2_CURVE_EPOCHS=0 \
   Q2_ARGS="--epochs 2 --beats-per-epoch 4000 --channels 16 16 32 $(Q2_ARGS)"
@@ -162,7 +165,7 @@ summary: setup
 
 ## Execute both notebooks in place: they run the protocol (finished runs are read back) on Q1_DATA/Q2_DATA
 notebooks: setup
-	env Q1_MODELS="$(Q1_MODELS)" Q1_FOLDS=$(Q1_FOLDS) Q1_SPLIT="$(Q1_SPLIT)" Q1_WIDTHS="$(Q1_WIDTHS)" \
+	env Q1_MODELS="$(Q1_MODELS)" Q1_FOLDS=$(Q1_FOLDS) Q1_SPLIT="$(Q1_SPLIT)" Q1_ABLATIONS="$(Q1_ABLATIONS)" \
 	  Q1_ARGS="$(Q1_ARGS)" Q2_MODELS="$(Q2_MODELS)" Q2_FOLDS=$(Q2_FOLDS) Q2_LODO="$(Q2_LODO)" \
 	  Q2_LEAKY="$(Q2_LEAKY)" Q2_RR_SETS="$(Q2_RR_SETS)" Q2_CURVE_EPOCHS=$(Q2_CURVE_EPOCHS) \
 	  Q2_ARGS="$(Q2_ARGS)" $(if $(filter demo,$(DATA)),$(DEMO_Q1) $(DEMO_Q2)) \

@@ -68,11 +68,12 @@ def fraction(text: str) -> float:
 
 
 def name(text: str) -> str:
-    """argparse type: a run-name word (letters, digits, '-', '_', '.'; not '.' or '..'), since
-    it becomes part of a folder name under results/."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", text) or set(text) == {"."}:
+    """argparse type: a run-name word (a letter or digit, then letters, digits, '-', '_', '.'),
+    since it becomes part of a folder name under results/: no '/', no '..', no leading '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a name: use letters, digits, '-', '_' and '.' only")
+            f"{text!r} is not a name: start with a letter or digit, then use letters, digits, "
+            "'-', '_' and '.' only")
     return text
 
 

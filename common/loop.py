@@ -115,7 +115,7 @@ class RunBook:
         fold's split.json."""
         stale = OUTPUTS if self.fresh else FINISHED
         replaced = [f for f in stale if (self.out / f).exists()]
-        if self.fresh and replaced:
+        if self.fresh and set(replaced) - {"split.json"}:     # a split alone: no epoch ever ended
             print(f"notice: replacing the earlier run in {self.out} (--resume continues one)")
         for name in replaced:
             (self.out / name).unlink()

@@ -101,11 +101,12 @@ def quietly(fn, *args, **kwargs):
     return result, buffer.getvalue()
 
 
-def run_all(question: str, train, flag_lists: list[list[str]], log: dict[str, str]) -> list[dict]:
+def run_all(question: str, train, flag_lists: list[list[str]],
+            log: dict[str, str] | None) -> list[dict]:
     """Train one run per flag list with `train` (a question's train module), or read it back
     when it finished earlier (--resume reads a finished run's files, no data); show the first
-    run's epoch log as a table of the `log` columns ({history key: header}) and one line for
-    all. Returns the runs' summaries."""
+    run's epoch log as a table of the `log` columns ({history key: header}; None: no table) and
+    one line for all. Returns the runs' summaries."""
     if not flag_lists:
         print("no runs of this kind in this protocol")
         return []
@@ -118,7 +119,7 @@ def run_all(question: str, train, flag_lists: list[list[str]], log: dict[str, st
         summary, _ = quietly(train.train, args)
         fresh += summary_file.read_bytes() != before      # rewritten: trained now
         summaries.append(summary)
-        if k == 0:
+        if k == 0 and log:
             print(f"{summary_file.parent.name}, epoch by epoch (inner-validation persons):")
             print(epoch_table(read_csv(summary_file.parent / "history.csv"), log))
     hours = sum(s["wall_time_s"] for s in summaries) / 3600

@@ -9,7 +9,8 @@ Protocol: every patient of the source is predicted once, by the fold model that 
 validation split is the test set). Every choice is made on inner-validation patients (a sixth
 of each fold's training patients): each run's epoch (during training) and here, per method,
 whether to average with the left-right flipped prediction, and which configuration is deployed
-(model and width, by the mean inner-validation brain SSIM). The flip decision for a fold's
+(model and width, by the mean inner-validation brain SSIM; ablations run on a few folds
+are compared with the chosen model on those folds only). The flip decision for a fold's
 test patients is made on the pooled inner validation of every fold without those patients (who
 sit in other folds' inner validation), so no test patient shapes its own prediction. Metrics
 are computed per slice inside the brain in metrics.SLICE_SCALE units (data range 1), averaged
@@ -147,6 +148,7 @@ def evaluate_seed(runs: list[Run], truth: Truth) -> tuple[dict, dict]:
     test = {k: np.concatenate(v) for k, v in test.items()}
     scores = {k: test[k] for k in METRICS}
     entry = {"runs": [r.folder.name for r in runs], "inner_validation": inner,
+             "inner_by_fold": {run.fold: choose_flip([r])["plain"] for run, r in zip(runs, rows)},
              "fold_flip": fold_flip, **summarise(scores, test["patient"], test["view"], test["fold"]),
              "best_epoch": {r.fold: r.summary.get("best_epoch") for r in runs},
              "wall_time_s": float(sum(r.summary.get("wall_time_s") or 0 for r in runs))}
@@ -226,6 +228,29 @@ def paired_comparisons(methods: dict, reference: str) -> dict:
             for name, e in methods.items() if name != reference}
 
 
+def against_chosen(methods: dict, chosen: str | None) -> dict:
+    """Every other solution variant (the 2.5-D model, other widths; some run on a few folds
+    only) against the chosen method on the folds it ran: the mean over those folds of the
+    inner-validation brain SSIM of both (without the flip), and the paired per-patient
+    differences on those folds' test patients (median seeds)."""
+    if chosen is None:
+        return {}
+    base, out = methods[chosen], {}
+    for name, e in methods.items():
+        if name == chosen or name.split("-")[0] not in SOLUTIONS:
+            continue
+        folds = sorted(e["inner_by_fold"])
+        out[name] = {
+            "folds": folds,
+            "inner_validation": {m: float(np.mean([methods[m]["inner_by_fold"][f] for f in folds]))
+                                 for m in (name, chosen)},
+            "paired": {k: patient_stats.paired({p: v[k] for p, v in base["per_patient"].items()},
+                                               {p: v[k] for p, v in e["per_patient"].items()},
+                                               higher_is_better=HIGHER_IS_BETTER[k])
+                       for k in ("masked_ssim", "masked_psnr", "masked_mae")}}
+    return out
+
+
 def final_choice(methods: dict, run_root: Path) -> dict | None:
     """The deployed configuration: the complete method of SOLUTIONS (with any width variant)
     with the best mean inner-validation score over seeds, as the k fold models of its median
@@ -303,7 +328,8 @@ def main(args) -> dict:
                            else f"the {headline} test patients of {source.label}"),
               "chosen_model": choice and choice["method"], "final_choice": choice,
               "methods": methods,
-              "paired": {"reference": reference, "methods": paired_comparisons(methods, reference)}}
+              "paired": {"reference": reference, "methods": paired_comparisons(methods, reference)},
+              "against_chosen": against_chosen(methods, choice and choice["method"])}
     for m, e in methods.items():
         if e["problems"]:
             print(f"notice: {m} is not a headline: {'; '.join(e['problems'])}", file=sys.stderr)
@@ -348,6 +374,12 @@ def print_table(result: dict) -> None:
               f"{len(r['seeds']):>5} {str(r['inner_validation']['flip']):>5} "
               f"{r['inner_validation']['score']:>7.4f}"
               + (f"  (not a headline: {'; '.join(r['problems'])})" if r["problems"] else ""))
+    chosen = result["chosen_model"]
+    for name, a in result["against_chosen"].items():
+        d, iv = a["paired"]["masked_ssim"], a["inner_validation"]
+        print(f"{name} - {chosen} on {len(a['folds'])} fold(s): inner-validation "
+              f"SSIM {iv[name]:.4f} vs {iv[chosen]:.4f}; "
+              f"test SSIM {d['mean_diff']:+.4f}, better on {d['improved']}/{d['patients']} patients")
     if result["final_choice"]:
         c = result["final_choice"]
         print(f"deployed (chosen on inner validation): {c['method']}, the fold models of seed "

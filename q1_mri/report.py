@@ -34,6 +34,14 @@ def local_files(spec: str) -> dict[str, list[str]]:
     return demo_parquet("demo-mri-parquet", splits)
 
 
+def ablation_flags(variant: str) -> list[str]:
+    """The training flags of an ablation named as in Q1_ABLATIONS: "wN" is the U-Net at width N,
+    anything else a model name (e.g. unet25d)."""
+    if variant[0] == "w" and variant[1:].isdigit():
+        return ["--model", "unet", "--base-channels", variant[1:], "--name", variant]
+    return ["--model", variant]
+
+
 def intensity_table(stats: dict) -> Markdown:
     """Raw brain-pixel statistics per split and contrast, from eda_stats.json."""
     rows = []
@@ -142,6 +150,26 @@ def choices_table(metrics: dict) -> Markdown:
     note = (f" ({', '.join(partial)}: some folds only)" if partial else "")
     return table(["choice", "candidate", "inner-validation brain SSIM", "out-of-fold brain SSIM"
                   + note, "used"], [r[:-1] + ["✔" if r[-1] else ""] for r in rows])
+
+
+def ablation_table(metrics: dict) -> Markdown:
+    """Each other solution variant against the chosen model on the folds the variant ran
+    (eval.against_chosen): its size and training speed, the inner-validation brain SSIM of
+    both, and the paired per-patient test differences (variant minus chosen)."""
+    chosen, methods, rows = metrics["chosen_model"], metrics["methods"], []
+    for name, c in metrics.get("against_chosen", {}).items():
+        m = methods[name]
+        iv = c["inner_validation"]
+        rows.append([name, f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "–",
+                     f"{m['slices_per_s']:.0f}" if m.get("slices_per_s") else "–",
+                     f"{len(c['folds'])} ({c['paired']['masked_ssim']['patients']} patients)",
+                     f"{iv[name]:.3f} vs {iv[chosen]:.3f}"]
+                    + [f"{c['paired'][k]['mean_diff']:+.{_digits(k)}f}; "
+                       f"{c['paired'][k]['improved']}/{c['paired'][k]['patients']} better"
+                       for k in ("masked_ssim", "masked_psnr")])
+    return table(["variant", "parameters", "training slices/s", "folds",
+                  f"inner-validation brain SSIM (variant vs {chosen})",
+                  f"Δ brain SSIM vs {chosen}", f"Δ brain PSNR (dB) vs {chosen}"], rows)
 
 
 def worst_patients(metrics: dict, n: int = 3) -> str:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from common import cli, loop, runtime
+from common.checkpoint import load_weights
 from common.loop import Trainer, trainer
 from common.progress import progress
 from common.results import count_parameters, provenance, results_dir
@@ -339,9 +340,8 @@ def train(args) -> dict:
 def write_predictions(s: Setup):
     """predictions.npz: the best epoch's EMA weights on every inner-validation and test slice,
     plain and flip-averaged."""
-    weights = torch.load(s.out / "best.pt", map_location=s.device, weights_only=False)
     best = build_model(**s.model_args).to(s.device)
-    best.load_state_dict(weights["ema"]["shadow"])
+    best.load_state_dict(load_weights(s.out / "best.pt", s.device)["ema"]["shadow"])
     rows = np.flatnonzero(np.isin(s.roles, ("val", "test")))
     plain, flipped = predict_with_flip(best, s.data, s.neighbours, rows, s.device, amp=s.amp)
     sub = s.slices.select(rows)

@@ -196,7 +196,7 @@ def test_number_matching_rules():
 
 # the protocol the demo fixtures trained (conftest Q1_TINY / Q2_TINY), as `make notebooks` passes it
 DEMO_PROTOCOL = {
-    "Q1_FOLDS": "2", "Q1_SPLIT": "kfold", "Q1_MODELS": "unet unet25d plain", "Q1_WIDTHS": "",
+    "Q1_FOLDS": "2", "Q1_SPLIT": "kfold", "Q1_MODELS": "unet unet25d plain", "Q1_ABLATIONS": "",
     "Q1_ARGS": "--device cpu --epochs 2 --batch-size 16 --base-channels 4 --max-train-slices 64 "
                "--monitor-slices 32 --precision fp32",
     "Q2_FOLDS": "2", "Q2_MODELS": "resnet context", "Q2_LODO": "svdb", "Q2_LEAKY": "resnet",

@@ -235,6 +235,30 @@ def test_ctrl_c_in_run_notebooks_is_one_line(tmp_path, monkeypatch, capsys):
     assert [child.waits for child in Child.started] == [2, 1]     # both waited for
 
 
+def test_a_dead_kernel_in_run_notebooks_is_one_line(tmp_path, monkeypatch):
+    """A kernel killed (e.g. for memory) while a notebook runs: one line naming the notebook,
+    no nbclient traceback, and no notebook written."""
+    from nbclient.exceptions import DeadKernelError
+
+    spec = importlib.util.spec_from_file_location("run_notebooks",
+                                                  PROJECT_ROOT / "tools" / "run_notebooks.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def dies(*_):
+        raise DeadKernelError("Kernel died\nmore detail")
+    monkeypatch.setattr(tool, "execute", dies)
+    monkeypatch.setattr(sys, "argv", ["run_notebooks.py", "--out-dir", str(tmp_path), "--only", "q1"])
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv(tool.CHILD, "1")
+    monkeypatch.delenv("NOTEBOOK_DATA", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        tool.main()
+    assert exit_.value.code == ("Assessment_Q1.ipynb: the kernel died (Kernel died), e.g. killed "
+                                "for memory; nothing was saved; rerun make notebooks")
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- training that goes wrong
 
 def test_a_diverging_run_keeps_no_non_finite_weights(tmp_path, capsys):
@@ -291,3 +315,21 @@ def test_a_killed_rerun_leaves_no_mix_of_two_runs(tmp_path, monkeypatch):
                                                "history.csv"}
     assert len(read_csv(run / "history.csv")) == 1
     assert torch.load(run / "checkpoint.pt", weights_only=False)["config"]["lr"] == 0.01
+
+
+def test_a_fresh_run_names_what_it_replaces_and_not_a_lone_split_file(tmp_path, capsys):
+    """A run killed before its first epoch leaves only split.json: starting again is no
+    "replacement"; a folder with a finished run's files says it replaces them, and removes them."""
+    from common.loop import RunBook
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "split.json", {"split_id": "old"})
+    RunBook(run, patience=3, resume=False, config={}).begin({"split_id": "new"})
+    assert "replacing" not in capsys.readouterr().out
+    assert read_json(run / "split.json") == {"split_id": "new"}
+    write_json(run / "summary.json", {})
+    (run / "predictions.npz").write_bytes(b"old")
+    RunBook(run, patience=3, resume=False, config={}).begin({"split_id": "newer"})
+    assert f"notice: replacing the earlier run in {run}" in capsys.readouterr().out
+    assert {f.name for f in run.iterdir()} == {"split.json"}

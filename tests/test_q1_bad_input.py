@@ -95,8 +95,13 @@ def no_data(*_):
     ("--grad-weight", "inf", "argument --grad-weight: inf is not a number >= 0"),
     ("--ema-decay", "1", "argument --ema-decay: 1 is not a number in [0, 1)"),
     ("--base-channels", "0", "argument --base-channels: 0 is not an integer >= 1"),
-    ("--name", "x/../../escaped", "argument --name: 'x/../../escaped' is not a name: use "
-                                  "letters, digits, '-', '_' and '.' only"),
+    ("--name", "x/../../escaped", "argument --name: 'x/../../escaped' is not a name: start "
+                                  "with a letter or digit, then use letters, digits, '-', '_' "
+                                  "and '.' only"),
+    ("--name", "-x", "argument --name: '-x' is not a name: start with a letter or digit, then "
+                     "use letters, digits, '-', '_' and '.' only"),
+    ("--name", "..", "argument --name: '..' is not a name: start with a letter or digit, then "
+                     "use letters, digits, '-', '_' and '.' only"),
 ])
 def test_bad_flag_is_refused_before_any_data_is_loaded(flag, value, message, capsys,
                                                        monkeypatch):

@@ -124,7 +124,33 @@ def test_choices_never_read_the_test_patients(q1_evaluated, tmp_path):
         assert again["methods"][m]["inner_validation"] == e["inner_validation"]
         assert again["methods"][m]["fold_flip"] == e["fold_flip"]
     assert again["final_choice"]["method"] == result["final_choice"]["method"]
+    assert again["against_chosen"].keys() == result["against_chosen"].keys()
+    for name, c in result["against_chosen"].items():
+        assert again["against_chosen"][name]["inner_validation"] == c["inner_validation"]
     assert again["methods"]["unet"]["overall"] != result["methods"]["unet"]["overall"]
+
+
+def test_an_ablation_on_some_folds_is_compared_with_the_chosen_model_on_its_patients_only(
+        q1_evaluated, tmp_path):
+    """The 2.5-D U-Net run on fold 0 only: it is no headline and no candidate, and its
+    comparison with the chosen U-Net uses fold 0's inner validation and test patients alone."""
+    trained, _ = q1_evaluated
+    root = tmp_path / "results"
+    shutil.copytree(trained, root)
+    shutil.rmtree(root / "q1" / "demo" / "unet25d-kfold2-fold1-seed0")
+    result = q1_eval.main(q1_eval.parse_args(["--data", "demo", "--results-root", str(root)]))
+    unet, partial = result["methods"]["unet"], result["methods"]["unet25d"]
+    assert partial["problems"] and result["final_choice"]["method"] == "unet"
+    c = result["against_chosen"]["unet25d"]
+    assert c["folds"] == ["fold0"]
+    assert c["inner_validation"] == {"unet25d": partial["inner_by_fold"]["fold0"],
+                                     "unet": unet["inner_by_fold"]["fold0"]}
+    fold0 = [p for p, v in unet["per_patient"].items() if v["fold"] == "fold0"]
+    assert sorted(c["paired"]["masked_ssim"]["per_patient"]) == sorted(fold0) == sorted(
+        partial["per_patient"])
+    assert c["paired"]["masked_ssim"]["mean_diff"] == pytest.approx(np.mean(
+        [partial["per_patient"][p]["masked_ssim"] - unet["per_patient"][p]["masked_ssim"]
+         for p in fold0]))
 
 
 def test_evaluation_refuses_a_prediction_file_of_another_run(trained, tmp_path):

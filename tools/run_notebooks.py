@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"q1": "Assessment_Q1.ipynb", "q2": "Assessment_Q2.ipynb"}
@@ -105,6 +105,12 @@ def run() -> None:
         execute(ROOT / NOTEBOOKS[q], Path(args.out_dir) / NOTEBOOKS[q], args.timeout)
     except CellExecutionError as e:
         sys.exit(f"{NOTEBOOKS[q]}: a cell failed:\n{str(e)[-2000:]}")
+    except CellTimeoutError:
+        sys.exit(f"{NOTEBOOKS[q]}: a cell ran past --timeout {args.timeout} s; train with make "
+                 f"{q} first (the notebook then reads the runs back) or raise --timeout")
+    except DeadKernelError as e:
+        sys.exit(f"{NOTEBOOKS[q]}: the kernel died ({str(e).splitlines()[0]}), e.g. killed "
+                 "for memory; nothing was saved; rerun make notebooks")
     print(f"executed {NOTEBOOKS[q]}")
 
 
