@@ -41,7 +41,8 @@ def _torch_read(path: Path, map_location, unreadable: str) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which one
-        detail = f": {str(e).splitlines()[0]}" if unreadable == "checkpoint" and str(e) else ""
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""   # torch's first sentence
+        detail = f": {first}" if unreadable == "checkpoint" and first else ""
         what = f"checkpoint {path}" if unreadable == "checkpoint" else str(path)
         hint = "" if unreadable == "checkpoint" else ": retrain that run"
         raise CheckpointError(f"cannot read {what} ({type(e).__name__}{detail}){hint}") from e

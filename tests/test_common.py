@@ -52,6 +52,12 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "bad.pt")
+    cut = tmp_path / "cut.pt"                                 # a checkpoint cut short
+    cut.write_bytes((tmp_path / "c.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(cut)
+    assert str(e.value) == (f"cannot read checkpoint {cut} (RuntimeError: PytorchStreamReader "
+                            "failed reading zip archive: failed finding central directory)")
 
 
 def _validate(arrays):
