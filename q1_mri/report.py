@@ -132,7 +132,7 @@ def choices_table(metrics: dict) -> Markdown:
     """Every choice with its candidates: the inner-validation brain SSIM that decided it (mean
     over the folds' inner-validation patients; mean over seeds), and beside it what the test
     patients said afterwards (out-of-fold brain SSIM; never used to choose). Width variants ran
-    on some folds only: their out-of-fold value covers those folds' patients."""
+    on some folds only: ablation_table compares them with the chosen model."""
     choice, methods = metrics["final_choice"], metrics["methods"]
     rows = []
     for name, score in sorted(choice["inner_val_scores"].items(), key=lambda kv: -kv[1]):
@@ -146,22 +146,26 @@ def choices_table(metrics: dict) -> Markdown:
             for label, value, used in (("no flip", iv["plain"], not iv["flip"]),
                                        ("averaged with the flip", iv["with_flip"], iv["flip"])):
                 rows.append([f"test-time left-right flip ({name})", label, value, None, used])
-    partial = [n for n in methods if methods[n].get("problems")]
-    note = (f" ({', '.join(partial)}: some folds only)" if partial else "")
-    return table(["choice", "candidate", "inner-validation brain SSIM", "out-of-fold brain SSIM"
-                  + note, "used"], [r[:-1] + ["✔" if r[-1] else ""] for r in rows])
+    return table(["choice", "candidate", "inner-validation brain SSIM", "out-of-fold brain SSIM",
+                  "used"], [r[:-1] + ["✔" if r[-1] else ""] for r in rows])
 
 
 def ablation_table(metrics: dict) -> Markdown:
     """Each other solution variant against the chosen model on the folds the variant ran
     (eval.against_chosen): its size and training speed, the inner-validation brain SSIM of
     both, and the paired per-patient test differences (variant minus chosen)."""
-    chosen, methods, rows = metrics["chosen_model"], metrics["methods"], []
+    chosen, methods = metrics["chosen_model"], metrics["methods"]
+
+    def size_and_speed(m: dict) -> list[str]:
+        return [f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "–",
+                f"{m['slices_per_s']:.0f}" if m.get("slices_per_s") else "–"]
+    own = methods[chosen]
+    rows = [[f"{chosen} (chosen)", *size_and_speed(own),
+             f"{len(own['inner_by_fold'])} ({own['overall']['masked_ssim']['patients']} patients)",
+             "–", "–", "–"]]
     for name, c in metrics.get("against_chosen", {}).items():
-        m = methods[name]
         iv = c["inner_validation"]
-        rows.append([name, f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "–",
-                     f"{m['slices_per_s']:.0f}" if m.get("slices_per_s") else "–",
+        rows.append([name, *size_and_speed(methods[name]),
                      f"{len(c['folds'])} ({c['paired']['masked_ssim']['patients']} patients)",
                      f"{iv[name]:.3f} vs {iv[chosen]:.3f}"]
                     + [f"{c['paired'][k]['mean_diff']:+.{_digits(k)}f}; "

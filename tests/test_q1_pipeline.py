@@ -12,6 +12,7 @@ import torch
 from common.io import read_csv, read_json
 from common.runs import RunError
 from q1_mri import eval as q1_eval
+from q1_mri import report
 from q1_mri import train as q1_train
 from q1_mri.data import UNITS, load_mri, pool, resolve_source
 from tests.conftest import Q1_RUNS, Q1_TINY, interrupt_after_first_epoch
@@ -151,6 +152,9 @@ def test_an_ablation_on_some_folds_is_compared_with_the_chosen_model_on_its_pati
     assert c["paired"]["masked_ssim"]["mean_diff"] == pytest.approx(np.mean(
         [partial["per_patient"][p]["masked_ssim"] - unet["per_patient"][p]["masked_ssim"]
          for p in fold0]))
+    rows = report.ablation_table(result).data.splitlines()[2:]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["unet (chosen)", "unet25d"]
+    assert "1 (10 patients)" in rows[1] and "2 (20 patients)" in rows[0]
 
 
 def test_evaluation_refuses_a_prediction_file_of_another_run(trained, tmp_path):
