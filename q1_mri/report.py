@@ -118,16 +118,6 @@ def paired_table(metrics: dict) -> Markdown:
     return table(["comparison"] + [f"Δ brain {LABELS[k]} ({scale})" for k in KEYS], rows)
 
 
-def view_table(metrics: dict) -> Markdown:
-    """Brain SSIM and PSNR per view of the chosen model and the reference (mean over the
-    patients with slices of that view)."""
-    names = [n for n in dict.fromkeys([metrics.get("chosen_model"), metrics["paired"]["reference"]])
-             if n in metrics["methods"]]
-    rows = [[name, view] + [_stat(agg[k], _digits(k)) for k in ("masked_ssim", "masked_psnr")]
-            for name in names for view, agg in metrics["methods"][name]["per_view"].items()]
-    return table(["method", "view", "brain SSIM", "brain PSNR (dB)"], rows)
-
-
 def choices_table(metrics: dict) -> Markdown:
     """Every choice with its candidates: the inner-validation brain SSIM that decided it (mean
     over the folds' inner-validation patients; mean over seeds), and beside it what the test
@@ -152,26 +142,26 @@ def choices_table(metrics: dict) -> Markdown:
 
 def ablation_table(metrics: dict) -> Markdown:
     """Each other solution variant against the chosen model on the folds the variant ran
-    (eval.against_chosen): its size and training speed, the inner-validation brain SSIM of
-    both, and the paired per-patient test differences (variant minus chosen)."""
+    (eval.against_chosen): its size, the inner-validation brain SSIM of both, and the paired
+    per-patient test differences (variant minus chosen). No training speed: the runs shared the
+    cores with different neighbours; make bench measures speed."""
     chosen, methods = metrics["chosen_model"], metrics["methods"]
 
-    def size_and_speed(m: dict) -> list[str]:
-        return [f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "–",
-                f"{m['slices_per_s']:.0f}" if m.get("slices_per_s") else "–"]
+    def size(m: dict) -> str:
+        return f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else "–"
     own = methods[chosen]
-    rows = [[f"{chosen} (chosen)", *size_and_speed(own),
+    rows = [[f"{chosen} (chosen)", size(own),
              f"{len(own['inner_by_fold'])} ({own['overall']['masked_ssim']['patients']} patients)",
              "–", "–", "–"]]
     for name, c in metrics.get("against_chosen", {}).items():
         iv = c["inner_validation"]
-        rows.append([name, *size_and_speed(methods[name]),
+        rows.append([name, size(methods[name]),
                      f"{len(c['folds'])} ({c['paired']['masked_ssim']['patients']} patients)",
                      f"{iv[name]:.3f} vs {iv[chosen]:.3f}"]
                     + [f"{c['paired'][k]['mean_diff']:+.{_digits(k)}f}; "
                        f"{c['paired'][k]['improved']}/{c['paired'][k]['patients']} better"
                        for k in ("masked_ssim", "masked_psnr")])
-    return table(["variant", "parameters", "training slices/s", "folds",
+    return table(["variant", "parameters", "folds",
                   f"inner-validation brain SSIM (variant vs {chosen})",
                   f"Δ brain SSIM vs {chosen}", f"Δ brain PSNR (dB) vs {chosen}"], rows)
 
