@@ -70,7 +70,8 @@ def train_argv(args, model: str) -> list[str]:
     """The training script's flags for `model`: its defaults unless this bench's flags say."""
     argv = ["--data", args.data, "--device", args.device, "--model", model, "--split", "kfold",
             "--folds", "2", "--fold", "0", "--compile", args.compile, "--precision", args.precision]
-    return argv + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    return (argv + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+            + (["--base-channels", str(args.base_channels)] if args.base_channels else []))
 
 
 def measure(args) -> dict:
@@ -122,6 +123,8 @@ def main() -> None:
                    default=["unet", "unet25d", "plain"])
     p.add_argument("--batch-size", type=cli.count, default=None,
                    help="slices per batch (default: the training script's for the device)")
+    p.add_argument("--base-channels", type=cli.count, default=None,
+                   help="U-Net width (default: the training script's)")
     p.add_argument("--steps", type=cli.count, default=30, help="timed training steps per run")
     p.add_argument("--workers", type=cli.natural, default=2, help="DataLoader worker processes")
     p.add_argument("--path", choices=["both", "resident", "dataloader"], default="both",
@@ -150,8 +153,10 @@ def main() -> None:
                     "--steps", str(args.steps), "--workers", str(args.workers),
                     "--compile", args.compile, "--precision", args.precision, "--json"]
             argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+            argv += ["--base-channels", str(args.base_channels)] if args.base_channels else []
             m = bench.isolated("q1_mri.bench", argv)
-            print(bench.row(f"{model} {path}", "slice", m), flush=True)
+            width = f" width {args.base_channels}" if args.base_channels else ""
+            print(bench.row(f"{model}{width} {path}", "slice", m), flush=True)
             rates[path], peak = m["items_per_s"], m["peak"]
         if len(rates) == 2:
             print(f"  {model}: resident / dataloader {rates['resident'] / rates['dataloader']:.2f}x")

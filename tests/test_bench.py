@@ -181,3 +181,19 @@ def test_q1_preparation_memory_does_not_grow_beyond_its_outputs():
         excess.append(m["peak_bytes"] - m["output_bytes"])
     assert max(excess) < 96 * 2**20                            # one chunk's temporaries
     assert abs(excess[1] - excess[0]) < 16 * 2**20              # not growing with the slices
+
+
+def test_q1_bench_measures_the_width_it_is_given():
+    """--base-channels reaches the training script: a U-Net of half the width costs about a
+    quarter of the FLOPs per slice (convolutions scale with channels in x channels out)."""
+    import argparse
+
+    from q1_mri import bench as q1_bench
+
+    def flops(width):
+        args = argparse.Namespace(data="demo", device="cpu", models=["unet"], compile="off",
+                                  precision="fp32", batch_size=4, base_channels=width,
+                                  path="resident", workers=0, steps=1)
+        return q1_bench.measure(args)["flops_per_item"]
+    ratio = flops(8) / flops(16)
+    assert 0.2 < ratio < 0.35, ratio
