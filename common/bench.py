@@ -145,6 +145,8 @@ def measure(r, step: Callable[[], int], steps: int) -> dict:
     compiled = r.step_model is not r.model
     rate = items_per_second(step, r.device, steps, warmup=5 if compiled else 2)
     peak, peak_text = device_peak(r.device)
+    if r.device.type == "cpu" and r.precision != "fp32":     # AMX/bf16 units: no fp32 yardstick
+        peak, peak_text = None, f"n/a ({r.precision} on the CPU; the CPU estimate is for fp32)"
     achieved = flops / items * rate
     return {"items_per_s": rate, "flops_per_item": flops / items, "flop_s": achieved,
             "peak_flop_s": peak, "peak": peak_text, "mfu": achieved / peak if peak else None,

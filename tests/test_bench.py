@@ -55,6 +55,9 @@ def test_measure_reports_flops_per_item_and_rate():
     assert m["items_per_s"] > 0 and m["flop_s"] == pytest.approx(192 * m["items_per_s"])
     assert m["peak_rss_mb"] > 0
     assert "TFLOP/s" in bench.row("linear", "row", m)
+    r.precision = "bfloat16"                  # no fraction of an fp32 peak for bf16 on the CPU
+    m = bench.measure(r, lambda: (r.step_model(x).sum().backward(), 2)[1], steps=1)
+    assert m["mfu"] is None and m["peak"].startswith("n/a (bfloat16 on the CPU")
 
 
 @pytest.mark.parametrize("name, tflops", [
