@@ -6,14 +6,15 @@ probabilities, fold by fold, written as runs of their own.
 For every split, fold and seed on which every member has a prediction file, this writes
 `ensemble-<scheme>-<fold>-seed<s>/` with the members' split.json, a predictions.npz whose
 probabilities (and adapted probabilities) are the members' normalised geometric mean, and a
-summary naming the members, their prediction files (SHA-256) and best epochs; a fold written
-earlier from the same member files is kept. Evaluation scores it like any run: its
+summary naming the members, their prediction files (SHA-256) and best epochs; a fold whose
+file already holds exactly these probabilities is kept. Evaluation scores it like any run: its
 decision biases are tuned on its own inner-validation rows, so it competes for the final model
 on the same footing. It trains nothing and reads prediction files only.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +64,17 @@ def parse_args(argv=None):
     return cli.data_args(__doc__, argv)
 
 
+def holds(out: Path, p: Predictions) -> bool:
+    """Whether `out` holds a finished ensemble whose prediction file has exactly `p`'s rows and
+    probabilities: such a fold is kept, so the folder keeps the commit that first wrote it."""
+    if not ((out / "summary.json").exists() and (out / "predictions.npz").exists()):
+        return False
+    old = load_predictions(out / "predictions.npz", p.split_id, p.data_tag)
+    return all((a is None and b is None) or (a is not None and b is not None
+                                             and np.array_equal(a, b))
+               for a, b in ((getattr(old, f), getattr(p, f)) for f in Predictions.ROWS))
+
+
 def main(args) -> int:
     source = resolve_source(args.data)
     root = results_dir("q2", source, args.results_root)
@@ -76,13 +88,12 @@ def main(args) -> int:
         member_files = {m: file_digest(f / "predictions.npz") for m, f in folders.items()}
         scheme = f"kfold{folds}" if split == "kfold" else split
         out = root / run_name(NAME, scheme, None if split == "beat" else fold, f"seed{seed}")
-        if (out / "summary.json").exists() and (out / "predictions.npz").exists() and read_json(
-                out / "summary.json").get("member_files") == member_files:
-            kept += 1            # written earlier from these very member files
-            continue
         split_file = read_json(folders[MEMBERS[0]] / "split.json")
         preds = combine([load_predictions(folders[m] / "predictions.npz", split_file["split_id"],
                                           source.tag) for m in MEMBERS])
+        if holds(out, preds):
+            kept += 1            # written earlier, by whichever commit, with these very rows
+            continue
         first = summaries[MEMBERS[0]]
         with locked(out) as folder:
             write_json(folder / "split.json", split_file)
@@ -97,7 +108,7 @@ def main(args) -> int:
                 "precision": first.get("precision"), "device": first.get("device"),
                 "wall_time_s": float(sum(s.get("wall_time_s", 0) for s in summaries.values()))})
     print(f"ensemble of {' and '.join(MEMBERS)}: {len(groups) - kept} folds written, {kept} "
-          f"kept (written earlier from the same member files) under {root}")
+          f"kept (written earlier with the same probabilities) under {root}")
     return len(groups)
 
 

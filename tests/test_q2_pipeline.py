@@ -209,6 +209,31 @@ def test_ensemble_refuses_members_that_hold_other_beats(q2_results, tmp_path):
         ensemble.main(ensemble.parse_args(["--data", "demo", "--results-root", str(root)]))
 
 
+def test_ensemble_keeps_a_fold_that_holds_its_probabilities_and_rewrites_a_changed_one(
+        q2_results, tmp_path):
+    """A fold written earlier (here by other code: no member digests in its summary) that holds
+    exactly the members' combination is kept as it is, commit and all; one whose probabilities
+    differ is written again."""
+    from q2_ecg import ensemble
+    from q2_ecg.prediction_file import save_rows
+
+    root = tmp_path / "results"
+    shutil.copytree(q2_results / DEMO, root / DEMO)
+    fold0, fold1 = (root / DEMO / f"ensemble-kfold2-fold{k}-seed0" for k in (0, 1))
+    for folder in (fold0, fold1):
+        summary = read_json(folder / "summary.json")
+        summary.pop("member_files", None)
+        write_json(folder / "summary.json", {**summary, "git_commit": "older"})
+    right = load_predictions(fold1 / "predictions.npz")
+    wrong = load_predictions(fold1 / "predictions.npz")
+    wrong.prob = wrong.prob[::-1].copy()
+    save_rows(fold1 / "predictions.npz", wrong)
+    ensemble.main(ensemble.parse_args(["--data", "demo", "--results-root", str(root)]))
+    assert read_json(fold0 / "summary.json")["git_commit"] == "older"
+    assert read_json(fold1 / "summary.json")["git_commit"] != "older"
+    np.testing.assert_array_equal(load_predictions(fold1 / "predictions.npz").prob, right.prob)
+
+
 def test_deployed_model_is_the_fold_models_the_cross_validation_scored(evaluated, tmp_path):
     from q2_ecg import final as q2_final
     from q2_ecg import infer as q2_infer
